@@ -1,0 +1,149 @@
+"""URIs to filesystems: local paths, ``file://``, ``s3://`` (s3fs) and anything else fsspec knows.
+
+Object-store settings come from the environment (or explicit ``storage_options``), never from code:
+
+- ``CAMFLOW_S3_ENDPOINT`` (or ``AWS_ENDPOINT_URL``): an S3-compatible endpoint such as MinIO;
+- the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` that botocore reads itself.
+
+Credentials are never logged: use :func:`redact` on anything that might carry them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from typing import IO, Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "exists",
+    "join",
+    "open_uri",
+    "read_table",
+    "redact",
+    "resolve",
+    "s3_options_from_env",
+    "write_bytes",
+    "write_table",
+]
+
+_SECRET_KEYS = re.compile(r"(secret|token|password|key)", re.IGNORECASE)
+
+
+def s3_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """s3fs options for the configured endpoint; empty when the default AWS endpoint applies."""
+    env = os.environ if env is None else env
+    endpoint = env.get("CAMFLOW_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL")
+    options: dict[str, Any] = {}
+    if endpoint:
+        # Non-AWS servers (MinIO, rclone, moto) want path-style addressing.
+        options["endpoint_url"] = endpoint
+        options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
+    return options
+
+
+def _protocol(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else "file"
+
+
+def resolve(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and protocol-less path for ``uri``."""
+    if not isinstance(uri, (str, os.PathLike)):
+        raise TypeError(f"storage URI must be a string or path, got {type(uri).__name__}: {uri!r}")
+    uri = os.fspath(uri)
+    protocol = _protocol(uri)
+    options = dict(storage_options or {})
+    if protocol in ("s3", "s3a"):
+        options = {**s3_options_from_env(), **options}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (object stores have no ``os.sep``)."""
+    out = os.fspath(base).rstrip("/")
+    for part in parts:
+        out = f"{out}/{str(part).strip('/')}"
+    return out
+
+
+def open_uri(
+    uri: str, mode: str = "rb", storage_options: Mapping[str, Any] | None = None
+) -> IO[Any]:
+    """Open ``uri``; for writes on local disk the parent folder is created."""
+    fs, path = resolve(uri, storage_options)
+    if "w" in mode and isinstance(fs, LocalFileSystem):
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    return fs.open(path, mode)
+
+
+def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
+    fs, path = resolve(uri, storage_options)
+    return fs.exists(path)
+
+
+def _commit(fs: fsspec.AbstractFileSystem, tmp: str, final: str) -> None:
+    # On object stores a single PUT is already all-or-nothing, but writing to a temporary key and
+    # moving keeps one code path and never leaves a half object under the final name locally.
+    fs.mv(tmp, final)
+
+
+def write_bytes(
+    data: bytes, uri: str, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write ``data`` so that ``uri`` is either absent or complete, never partial."""
+    fs, path = resolve(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    _commit(fs, tmp, path)
+
+
+def write_table(
+    table: pa.Table, uri: str, *, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Write one Parquet file atomically (temporary name, then move)."""
+    fs, path = resolve(uri, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        fs.makedirs(fs._parent(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+    _commit(fs, tmp, path)
+
+
+def read_table(
+    uri: str,
+    *,
+    columns: list[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> pa.Table:
+    """Read one Parquet file (or a folder of them) into a table."""
+    fs, path = resolve(uri, storage_options)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no Parquet data at {redact(uri)}")
+    if fs.isdir(path):
+        return pq.read_table(path, columns=columns, filesystem=fs)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def redact(value: Any) -> str:
+    """A printable form of a URI or options mapping with credentials masked."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(
+            f"{k!r}: {'***' if _SECRET_KEYS.search(str(k)) else redact(v)}" for k, v in value.items()
+        ) + "}"
+    text = str(value)
+    # user:password@host in URLs.
+    return re.sub(r"(://[^/:@]+):[^/@]+@", r"\1:***@", text)
