@@ -30,11 +30,11 @@ demo: setup
 	$(PY) -m flows.demo --out $(DEMO_DIR)
 
 test: setup
-	$(PY) -m ruff check camflow cluster tasks flows tests bench
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check camflow cluster tasks flows tests bench
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(TOOLS) $(VENV) runs .pytest_cache
