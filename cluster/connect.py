@@ -1,0 +1,73 @@
+"""Starting or joining Ray: the one place that calls ``ray.init``.
+
+``RAY_ADDRESS`` (or an explicit ``address``) joins an existing cluster; otherwise a local Ray sized
+to this machine starts, without the dashboard unless asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+log = logging.getLogger("camflow.cluster")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    num_cpus: float
+    num_gpus: float
+    local: bool
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    dashboard: bool = False,
+) -> ClusterInfo:
+    """Initialise Ray once per process and describe what it offers."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not ray.is_initialized():
+        # Workers must not inherit Ray's default of one torch thread silently: every actor sets
+        # its own thread count, see actor_options.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                num_gpus=num_gpus,
+                include_dashboard=dashboard,
+                log_to_driver=True,
+            )
+    resources = ray.cluster_resources()
+    info = ClusterInfo(
+        address=address or "local",
+        num_cpus=float(resources.get("CPU", 0.0)),
+        num_gpus=float(resources.get("GPU", 0.0)),
+        local=not address,
+    )
+    log.info("Ray %s: %.0f CPUs, %.2g GPUs", info.address, info.num_cpus, info.num_gpus)
+    return info
+
+
+def actor_options(
+    *, use_gpu: bool | None = None, gpu_fraction: float = 1.0, num_cpus: float = 1.0
+) -> dict[str, Any]:
+    """Resource options for a worker actor; ``use_gpu=None`` means "if the cluster has GPUs"."""
+    if not 0 < gpu_fraction <= 1:
+        raise ValueError(f"gpu_fraction must be in (0, 1], got {gpu_fraction}")
+    if use_gpu is None:
+        use_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    return {"num_cpus": num_cpus, "num_gpus": gpu_fraction if use_gpu else 0}
+
+
+def torch_threads_for(num_cpus: float) -> int:
+    """Threads a worker's torch should use: its CPU share (Ray would otherwise force one)."""
+    return max(1, int(num_cpus))

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+
+from cluster.connect import actor_options, connect, torch_threads_for
+
+
+@pytest.mark.slow
+def test_connect_reuses_the_running_ray(ray_session):
+    info = connect()
+    assert info.num_cpus >= 1 and info.local
+    assert connect() == info
+
+
+def test_actor_options_cpu_and_fractional_gpu():
+    assert actor_options(use_gpu=False) == {"num_cpus": 1.0, "num_gpus": 0}
+    assert actor_options(use_gpu=True, gpu_fraction=0.25)["num_gpus"] == 0.25
+    with pytest.raises(ValueError, match="gpu_fraction"):
+        actor_options(use_gpu=True, gpu_fraction=0)
+    assert torch_threads_for(2.0) == 2 and torch_threads_for(0.5) == 1
