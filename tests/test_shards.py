@@ -109,10 +109,10 @@ def test_retries_transient_errors_but_not_permanent_ones():
     assert len(calls) == 1
 
 
-def test_s3_commit_and_read_on_moto(s3_bucket):
-    store = ShardStore(f"s3://{s3_bucket}/out", "r1")
+def test_s3_commit_and_read(object_store):
+    store = ShardStore(f"{object_store}/out", "r1")
     with store.lease(ttl=30):
         _write(store, range(2))
-    again = ShardStore(f"s3://{s3_bucket}/out", "r1")
+    again = ShardStore(f"{object_store}/out", "r1")
     assert again.committed("cam") == {"shard-00000", "shard-00001"}
     assert again.read("boxes").num_rows == 6
