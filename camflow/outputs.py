@@ -1,0 +1,101 @@
+"""The output tables of CAM generation (DESIGN.md section 5) and the seed quantisation.
+
+- ``seeds``: one row per accepted image and class: the class map, max-normalised to [0, 1],
+  stored as uint8 at a stated ``stride`` (``cam_height`` x ``cam_width`` bytes, row-major).
+- ``masks``: one row per image: the pseudo mask as palette PNG bytes and the thresholds used.
+- ``boxes``: one row per box: class, score and pixel corners (x1, y1 exclusive).
+
+The ``run`` and ``method`` columns are Hive partitions of the paths, not stored in the files.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+SEEDS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("class_id", pa.int16()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("stride", pa.int16()),
+    ("cam_height", pa.int32()),
+    ("cam_width", pa.int32()),
+    ("cam", pa.binary()),
+    ("scales", pa.list_(pa.float32())),
+])
+
+MASKS_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+    ("mask_png", pa.binary()),
+    ("bg_threshold", pa.float32()),
+    ("crf", pa.bool_()),
+])
+
+BOXES_SCHEMA = pa.schema([
+    ("image_id", pa.string()),
+    ("class_id", pa.int16()),
+    ("score", pa.float32()),
+    ("x0", pa.float32()),
+    ("y0", pa.float32()),
+    ("x1", pa.float32()),
+    ("y1", pa.float32()),
+])
+
+
+def quantize_seed(cams: torch.Tensor, stride: int) -> tuple[np.ndarray, int, int]:
+    """[K,H,W] maps in [0,1] -> uint8 [K,h,w] with h = ceil(H/stride), area-averaged."""
+    if stride < 1:
+        raise ValueError(f"seed stride must be >= 1, got {stride}")
+    cams = cams.detach().float()
+    if cams.ndim != 3:
+        raise ValueError(f"seed maps must be [K,H,W], got shape {tuple(cams.shape)}")
+    height, width = cams.shape[-2:]
+    h, w = math.ceil(height / stride), math.ceil(width / stride)
+    small = cams if stride == 1 else F.adaptive_avg_pool2d(cams[None], (h, w))[0]
+    q = torch.round(small.clamp(0, 1) * 255).to(torch.uint8)
+    return q.cpu().numpy(), h, w
+
+
+def dequantize_seed(row: dict, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One ``seeds`` row back to a float map in [0,1], at ``size`` (default: the image size)."""
+    cam = np.frombuffer(row["cam"], dtype=np.uint8).reshape(row["cam_height"], row["cam_width"])
+    out = torch.from_numpy(cam.astype(np.float32) / 255.0)[None, None]
+    size = size or (row["height"], row["width"])
+    if tuple(out.shape[-2:]) != tuple(size):
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+    return out[0, 0]
+
+
+def seed_rows(
+    image_id: str, class_ids: Sequence[int], cams: torch.Tensor, *, stride: int,
+    scales: Sequence[float],
+) -> pa.Table:
+    """The ``seeds`` rows of one image: ``cams`` is [K,H,W] in [0,1], one map per class id."""
+    if len(class_ids) != cams.shape[0]:
+        raise ValueError(f"image {image_id!r}: {len(class_ids)} class ids for {cams.shape[0]} maps")
+    q, h, w = quantize_seed(cams, stride)
+    height, width = cams.shape[-2:]
+    k = len(class_ids)
+    return pa.table({
+        "image_id": [image_id] * k,
+        "class_id": pa.array(list(class_ids), pa.int16()),
+        "height": pa.array([height] * k, pa.int32()),
+        "width": pa.array([width] * k, pa.int32()),
+        "stride": pa.array([stride] * k, pa.int16()),
+        "cam_height": pa.array([h] * k, pa.int32()),
+        "cam_width": pa.array([w] * k, pa.int32()),
+        "cam": pa.array([q[i].tobytes() for i in range(k)], pa.binary()),
+        "scales": pa.array([list(scales)] * k, pa.list_(pa.float32())),
+    }, schema=SEEDS_SCHEMA)
+
+
+def empty(schema: pa.Schema) -> pa.Table:
+    return schema.empty_table()

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import torch
+
+from camflow.outputs import SEEDS_SCHEMA, dequantize_seed, quantize_seed, seed_rows
+
+
+def test_quantize_stride_one_is_exact_to_half_a_level():
+    cams = torch.rand(2, 5, 7, generator=torch.Generator().manual_seed(0))
+    q, h, w = quantize_seed(cams, 1)
+    assert (h, w) == (5, 7) and q.dtype.name == "uint8"
+    assert (torch.from_numpy(q).float() / 255 - cams).abs().max() <= 0.5 / 255 + 1e-7
+
+
+def test_stride_averages_blocks_and_rounds_up_the_size():
+    cams = torch.zeros(1, 5, 4)
+    cams[0, :4, :2] = 1.0
+    q, h, w = quantize_seed(cams, 2)
+    assert (h, w) == (3, 2)
+    assert q[0, 0, 0] == 255 and q[0, 0, 1] == 0
+
+
+def test_seed_rows_one_row_per_class_and_round_trip():
+    cams = torch.rand(3, 16, 12, generator=torch.Generator().manual_seed(1))
+    table = seed_rows("img1", [4, 0, 7], cams, stride=1, scales=(1.0, 0.5))
+    assert table.schema == SEEDS_SCHEMA and table.num_rows == 3
+    assert table["class_id"].to_pylist() == [4, 0, 7]
+    row = table.slice(1, 1).to_pylist()[0]
+    assert torch.allclose(dequantize_seed(row), cams[1], atol=0.5 / 255 + 1e-6)
+    assert pa.Table.from_pylist(table.to_pylist(), schema=SEEDS_SCHEMA).equals(table)
+
+
+def test_bad_seed_input_is_named():
+    with pytest.raises(ValueError, match="img9"):
+        seed_rows("img9", [1, 2], torch.rand(3, 4, 4), stride=1, scales=(1.0,))
+    with pytest.raises(ValueError, match="stride"):
+        quantize_seed(torch.rand(1, 4, 4), 0)
