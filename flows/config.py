@@ -1,0 +1,192 @@
+"""The one configuration file of a camflow run (YAML, validated by pydantic).
+
+Every field has a default: an empty file (or none) runs the embedded benchmark locally.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CAM_METHODS = (
+    "broadcam", "cam", "cam_nwc", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "recam",
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    kind: Literal["embedded", "voc", "bcss", "wsol", "manifest"] = "embedded"
+    root: str | None = Field(None, description="dataset root; default for embedded: <output>/data")
+    manifest: str | None = Field(None, description="a manifest Parquet file, for kind=manifest")
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = Field(112, ge=16, le=2048)
+    seed: int = 0
+    embedded_train: int = Field(2000, ge=10)
+    embedded_val: int = Field(500, ge=10)
+
+    @model_validator(mode="after")
+    def _needs_root(self) -> DataConfig:
+        if self.kind in ("voc", "bcss", "wsol") and not self.root:
+            raise ValueError(f"data.root is required for data.kind={self.kind!r}")
+        if self.kind == "manifest" and not self.manifest:
+            raise ValueError("data.manifest is required for data.kind='manifest'")
+        return self
+
+
+class ModelConfig(Section):
+    backbone: str = "resnet18"
+    head: Literal["gap", "tap", "recam"] = "gap"
+    output_stride: Literal[8, 16, 32] = 32
+    pretrained: bool = False
+    checkpoint: str | None = Field(None, description="start from this checkpoint instead of training")
+
+
+class TrainConfigSection(Section):
+    proportions: list[float] = Field(default_factory=lambda: [0.05, 1.0])
+    epochs: int | None = Field(None, ge=1, description="default: the preset of the data")
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    optimizer: Literal["sgd", "adamw"] | None = None
+    schedule: Literal["poly", "cosine"] | None = None
+    seed: int = 0
+
+    @field_validator("proportions")
+    @classmethod
+    def _in_unit_interval(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("train.proportions must name at least one proportion")
+        bad = [p for p in value if not 0 < p <= 1]
+        if bad:
+            raise ValueError(f"train.proportions must lie in (0, 1], got {bad}")
+        return value
+
+
+class BLSConfig(Section):
+    alpha: float = Field(50.0, gt=0)
+    step: int = Field(256, ge=1)
+    enhance: bool = True
+    layers: list[str] = Field(default_factory=lambda: ["stage4", "stage5"])
+
+
+class CamsConfig(Section):
+    methods: list[str] = Field(default_factory=lambda: ["broadcam", "cam", "gradcam", "layercam"])
+    layers: list[str] = Field(default_factory=lambda: ["stage5"])
+    multi_layers: list[str] = Field(
+        default_factory=lambda: ["stage4", "stage5"],
+        description="layers of the multi-layer methods (layercam; broadcam uses bls.layers)",
+    )
+    scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
+    flip: bool = True
+    seed_stride: int = Field(4, ge=1)
+    shard_size: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in CAM_METHODS]
+        if unknown:
+            raise ValueError(f"unknown CAM method(s) {unknown}; known: {', '.join(CAM_METHODS)}")
+        return value
+
+
+class PostprocessConfig(Section):
+    bg_threshold: float | None = Field(
+        None, ge=0, le=1, description="constant background score; default: the best of the seed sweep"
+    )
+    bg_power: float | None = Field(None, gt=0, description="use (1 - max)^power instead")
+    crf: bool = False
+    box_method: Literal["max", "pas"] = "max"
+    box_tau: float = Field(0.2, gt=0, le=1)
+    box_percentile: float = Field(90.0, gt=0, le=100)
+    all_components: bool = False
+
+
+class ClusterConfig(Section):
+    address: str | None = Field(None, description="Ray address; default RAY_ADDRESS or a local Ray")
+    workers: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="default: use GPUs when the cluster has them")
+    gpu_fraction: float = Field(1.0, gt=0, le=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+
+
+class ScheduleConfig(Section):
+    cron: str = "0 2 * * *"
+    timezone: str = "UTC"
+
+
+class RunConfig(Section):
+    name: str = "camflow"
+    output: str = Field("runs", description="local folder or s3://bucket/prefix")
+    run_id: str | None = Field(None, description="default: <name>-<UTC timestamp>")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfigSection = TrainConfigSection()
+    bls: BLSConfig = BLSConfig()
+    cams: CamsConfig = CamsConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the user: one line and a hint."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _describe(error: ValidationError, source: str) -> ConfigError:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return ConfigError(f"{source}: unknown key '{where}'",
+                           "check the spelling; `camflow config` prints every key with its default")
+    return ConfigError(f"{source}: {where}: {first['msg']}",
+                       "`camflow config` prints every key with its default")
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise _describe(exc, source) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path} does not exist",
+                              "pass a YAML file, or no file for the defaults")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}".splitlines()[0],
+                              "check indentation and quoting") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections", "see `camflow config`")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(data, source)
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

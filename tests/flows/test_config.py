@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from flows.config import ConfigError, RunConfig, dump_config, load_config, parse_config
+
+
+def test_defaults_run_the_embedded_benchmark():
+    config = load_config()
+    assert config.data.kind == "embedded"
+    assert config.train.proportions == [0.05, 1.0]
+    assert "broadcam" in config.cams.methods
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output: s3://bucket/camflow\ncams:\n  methods: [cam, gradcam]\n")
+    config = load_config(path, {"cluster.workers": 2})
+    assert config.output == "s3://bucket/camflow" and config.cams.methods == ["cam", "gradcam"]
+    assert config.cluster.workers == 2
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(config))
+    assert load_config(again) == config
+
+
+def test_unknown_key_names_the_key_with_a_hint(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cams:\n  method: [cam]\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'cams\.method'") as info:
+        load_config(path)
+    assert "camflow config" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"cams": {"methods": ["nope"]}}, "unknown CAM method"),
+        ({"train": {"proportions": [0]}}, "proportions"),
+        ({"data": {"kind": "voc"}}, "data.root is required"),
+        ({"cluster": {"gpu_fraction": 2}}, "gpu_fraction"),
+    ],
+)
+def test_bad_values_are_one_clear_line(data, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(data)
+
+
+def test_missing_or_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cams: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_schema_is_frozen():
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
+        RunConfig().name = "x"
