@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -47,9 +47,9 @@ def read_bytes(source: ImageSource, storage_options: Mapping[str, Any] | None = 
     return data
 
 
-def _open(data: bytes, name: str) -> Image.Image:
+def _open(data: bytes | IO[bytes], name: str) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except UnidentifiedImageError as exc:
         raise BadImageError(f"not a decodable image (corrupt or unknown format): {name}") from exc
     except Image.DecompressionBombError as exc:
@@ -65,8 +65,22 @@ def image_size(
     source: ImageSource, storage_options: Mapping[str, Any] | None = None
 ) -> tuple[int, int]:
     """(width, height) from the header only: cheap, but does not prove the pixels decode."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _open(read_bytes(source), _name(source)).size
     name = _name(source)
-    return _open(read_bytes(source, storage_options), name).size
+    try:
+        with open_uri(os.fspath(source), "rb", storage_options=storage_options) as f:
+            if not f.read(1):
+                raise BadImageError(f"zero-size image file: {name}")
+            f.seek(0)
+            # PIL reads only as far as the header here; the pixels stay undecoded.
+            return _open(f, name).size
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise BadImageError(f"image file not found: {name}") from exc
+    except BadImageError:
+        raise
+    except OSError as exc:
+        raise BadImageError(f"cannot read image {name}: {exc}") from exc
 
 
 def _scale_to_uint8(array: np.ndarray, full_scale: float) -> np.ndarray:
