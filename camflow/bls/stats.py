@@ -24,7 +24,14 @@ try:  # torch is a core dependency, but the statistics themselves do not need it
 except ImportError:  # pragma: no cover
     torch = None
 
-__all__ = ["Moments", "as_features", "as_labels", "check_finite_rows"]
+__all__ = [
+    "Moments",
+    "as_features",
+    "as_labels",
+    "check_finite_rows",
+    "invalid_label_rows",
+    "nonfinite_rows",
+]
 
 # Rows per float64 block: bounds the temporaries (block x d x 8 bytes) whatever the chunk size.
 DEFAULT_BLOCK_ROWS = 2048
@@ -66,18 +73,29 @@ def as_features(X: Any, name: str = "X") -> Any:
     return X
 
 
-def check_finite_rows(
-    X: Any, *, ids: Sequence[Any] | None = None, row_offset: int = 0, name: str = "X"
-) -> None:
-    """Raise :class:`NonFiniteFeaturesError` naming every row of ``X`` that holds NaN or inf."""
-    bad: list[int] = []
+def nonfinite_rows(X: Any) -> np.ndarray:
+    """Positions of the rows of a 2-D array or tensor that hold NaN or inf."""
+    bad = []
     for start in range(0, X.shape[0], DEFAULT_BLOCK_ROWS):
         block = X[start : start + DEFAULT_BLOCK_ROWS]
         if _is_tensor(block):
             ok = torch.isfinite(block).all(dim=1).cpu().numpy()
         else:
             ok = np.isfinite(block).all(axis=1)
-        bad.extend((start + np.flatnonzero(~ok)).tolist())
+        bad.append(start + np.flatnonzero(~ok))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def invalid_label_rows(Y: np.ndarray) -> np.ndarray:
+    """Positions of the rows of a 2-D label matrix with entries other than 0 and 1."""
+    return np.flatnonzero(~((Y == 0) | (Y == 1)).all(axis=1))
+
+
+def check_finite_rows(
+    X: Any, *, ids: Sequence[Any] | None = None, row_offset: int = 0, name: str = "X"
+) -> None:
+    """Raise :class:`NonFiniteFeaturesError` naming every row of ``X`` that holds NaN or inf."""
+    bad = nonfinite_rows(X).tolist()
     if bad:
         raise NonFiniteFeaturesError(
             f"{name} has NaN or inf in {len(bad)} row(s): {_describe_rows(bad, ids, row_offset)}",
@@ -107,9 +125,8 @@ def as_labels(
     if Y.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold 0/1 values, got dtype {Y.dtype}")
     Y = Y.astype(np.float64, copy=False)
-    valid = ((Y == 0.0) | (Y == 1.0)).all(axis=1)
-    if not valid.all():
-        bad = np.flatnonzero(~valid).tolist()
+    bad = invalid_label_rows(Y).tolist()
+    if bad:
         raise ValueError(f"{name} is not multi-hot (entries other than 0/1) in {len(bad)} row(s): "
                          f"{_describe_rows(bad, ids, row_offset)}")
     return Y
