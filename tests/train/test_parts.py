@@ -1,0 +1,81 @@
+"""Config validation, metrics against scikit-learn, schedules, transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from camflow.train import TrainConfig, eval_transform, train_transform
+from camflow.train.metrics import average_precision, classification_metrics, f1_scores
+from camflow.train.optim import build_optimizer, build_scheduler
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"head": "avg"}, "TrainConfig.head"),
+        ({"proportion": 0.0}, "TrainConfig.proportion"),
+        ({"proportion": 1.5}, "TrainConfig.proportion"),
+        ({"optimizer": "lbfgs"}, "TrainConfig.optimizer"),
+        ({"schedule": "step"}, "TrainConfig.schedule"),
+        ({"epochs": 0}, "TrainConfig.epochs"),
+        ({"lr": -1.0}, "TrainConfig.lr"),
+    ],
+)
+def test_bad_config_values_are_named(change, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**change)
+
+
+def test_config_round_trips_through_a_dict_and_has_an_embedded_preset() -> None:
+    preset = TrainConfig.embedded(proportion=0.05)
+    assert preset.model == "resnet18" and preset.proportion == 0.05 and not preset.pretrained
+    assert TrainConfig.from_dict(preset.to_dict()) == preset
+    with pytest.raises(ValueError, match="unknown fields"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_metrics_match_scikit_learn() -> None:
+    from sklearn.metrics import average_precision_score, f1_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.random((60, 5)) < 0.3
+    scores = np.round(rng.normal(size=(60, 5)) + labels, 1)  # ties on purpose
+    for c in range(5):
+        assert average_precision(scores[:, c], labels[:, c]) == pytest.approx(
+            average_precision_score(labels[:, c], scores[:, c]), abs=1e-12)
+    probs = 1 / (1 + np.exp(-scores))
+    f1 = f1_scores(probs, labels, 0.5)
+    assert f1["f1_micro"] == pytest.approx(f1_score(labels, probs >= 0.5, average="micro"))
+    assert f1["f1_macro"] == pytest.approx(f1_score(labels, probs >= 0.5, average="macro"))
+    perfect = classification_metrics(np.where(labels, 5.0, -5.0), labels)
+    assert perfect == {"mAP": 1.0, "f1_micro": 1.0, "f1_macro": 1.0}
+    with pytest.raises(ValueError, match="must both be"):
+        classification_metrics(scores[:, :3], labels)
+
+
+@pytest.mark.parametrize("schedule", ["poly", "cosine", "onecycle"])
+def test_schedules_decay_to_almost_nothing(schedule) -> None:
+    config = TrainConfig(schedule=schedule, epochs=2, lr=0.1, warmup_epochs=0.5)
+    model = torch.nn.Linear(2, 2)
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=10)
+    lrs = []
+    for _ in range(20):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert max(lrs) <= 0.1 + 1e-9 and lrs[-1] < 0.02 * 0.1
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0  # biases are not decayed
+
+
+def test_transforms_give_normalised_tensors_of_the_requested_size() -> None:
+    image = Image.fromarray(np.tile(np.array([124, 116, 104], dtype=np.uint8), (50, 70, 1)))
+    torch.manual_seed(0)
+    out = train_transform(40, min_scale=0.5)(image)
+    assert out.shape == (3, 40, 40) and out.dtype == torch.float32
+    ev = eval_transform(48)(image)
+    assert ev.shape == (3, 48, 48)
+    assert ev.abs().max() < 0.02  # the ImageNet mean colour normalises to about 0
