@@ -159,3 +159,19 @@ def test_reads_the_embedded_benchmark(tmp_path) -> None:
     from_xml = read_voc(root, "train", labels_from="xml")
     assert from_xml.column("labels").equals(train.column("labels"))
     assert all(len(b) >= 1 for b in train.column("boxes").to_pylist())
+
+
+@pytest.mark.slow
+def test_reads_from_object_storage(voc, s3_bucket) -> None:
+    from camflow import storage
+
+    for path in sorted(p for p in voc.rglob("*") if p.is_file()):
+        storage.write_bytes(path.read_bytes(), f"s3://{s3_bucket}/voc/{path.relative_to(voc)}")
+    rejects = Rejects()
+    table = read_voc(f"s3://{s3_bucket}/voc", "train", rejects=rejects)
+    assert len(rejects) == 0
+    assert table.column("uri").to_pylist() == [
+        f"s3://{s3_bucket}/voc/JPEGImages/2007_000032.jpg",
+        f"s3://{s3_bucket}/voc/JPEGImages/2007_000039.jpg",
+    ]
+    assert table.column("labels").to_pylist() == [[0, 14], [11]]
