@@ -34,6 +34,7 @@ __all__ = [
 Method = Literal["max", "pas"]
 Components = Literal["largest", "all"]
 _NO_BOXES = np.zeros((0, 4), dtype=np.int64)
+_SWEEP_BLOCK_BYTES = 16 * 2**20
 
 
 class BoxSet(NamedTuple):
@@ -73,17 +74,31 @@ def box_threshold(
     return tau * _base_value(arr, method, percentile)
 
 
-def component_boxes(mask: np.ndarray, *, largest_only: bool = False) -> np.ndarray:
-    """Boxes [n, 4] int64 of the 8-connected components of a boolean/uint8 mask [H, W]."""
-    m = np.ascontiguousarray(mask, dtype=np.uint8)
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+def _outer_contours(mask: np.ndarray, largest_only: bool) -> tuple[np.ndarray, ...]:
+    m = mask.view(np.uint8) if mask.dtype == np.bool_ else mask
+    contours, _ = cv2.findContours(
+        np.ascontiguousarray(m, dtype=np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    if largest_only and len(contours) > 1:
+        return (max(contours, key=cv2.contourArea),)
+    return tuple(contours)
+
+
+def _contour_boxes(contours: list[np.ndarray]) -> np.ndarray:
+    """Inclusive bounding boxes of many contours in one vectorised pass over their points."""
     if not contours:
         return _NO_BOXES
-    if largest_only:
-        contours = [max(contours, key=cv2.contourArea)]
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
-    rects[:, 2:] += rects[:, :2] - 1  # (x, y, w, h) -> inclusive corners
-    return rects
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    points = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    lo = np.minimum.reduceat(points, starts, axis=0)
+    hi = np.maximum.reduceat(points, starts, axis=0)
+    return np.concatenate([lo, hi], axis=1)
+
+
+def component_boxes(mask: np.ndarray, *, largest_only: bool = False) -> np.ndarray:
+    """Boxes [n, 4] int64 of the 8-connected components of a boolean/uint8 mask [H, W]."""
+    return _contour_boxes(list(_outer_contours(mask, largest_only)))
 
 
 def _box_scores(cam: np.ndarray, boxes: np.ndarray, score: str) -> np.ndarray:
@@ -179,12 +194,22 @@ def sweep_boxes(
     ``multi_contour`` keeps every component's box, otherwise only the largest.
     """
     arr = _check_cam(cam, image_id)
-    thr = np.asarray(thresholds, dtype=np.float64) * _base_value(arr, method, percentile)
-    # All thresholded masks at once; the contour tracer then touches only borders.
-    stack = (arr[None] > thr[:, None, None].astype(arr.dtype)).view(np.uint8)
-    per_threshold = [component_boxes(m, largest_only=not multi_contour) for m in stack]
-    counts = np.array([len(b) for b in per_threshold], dtype=np.int64)
-    if counts.sum() == 0:
+    rel = np.asarray(thresholds, dtype=np.float64).ravel()
+    # Compared in the map's own precision, as extract_boxes compares.
+    thr = (rel * _base_value(arr, method, percentile)).astype(arr.dtype)
+    # Many thresholded masks at once (a bounded block of them, for large maps); the contour
+    # tracer then follows borders only, and the boxes of all contours of all thresholds come
+    # out of one vectorised reduction.
+    block = max(1, _SWEEP_BLOCK_BYTES // arr.size)
+    contours: list[np.ndarray] = []
+    counts = np.zeros(len(thr), dtype=np.int64)
+    for start in range(0, len(thr), block):
+        stack = (arr[None] > thr[start : start + block, None, None]).view(np.uint8)
+        for k, mask in enumerate(stack, start):
+            found = _outer_contours(mask, largest_only=not multi_contour)
+            contours.extend(found)
+            counts[k] = len(found)
+    if not contours:
         return _NO_BOXES, np.zeros(0, np.int64)
     owner = np.repeat(np.arange(len(thr), dtype=np.int64), counts)
-    return np.concatenate(per_threshold), owner
+    return _contour_boxes(contours), owner

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from camflow.postprocess import (
     BadInputError,
     box_threshold,
     class_boxes,
+    component_boxes,
     extract_boxes,
     sweep_boxes,
 )
@@ -103,3 +105,24 @@ def test_bad_maps_name_the_image(value, match):
         extract_boxes(cam, image_id="bird_3")
     with pytest.raises(BadInputError, match="'bird_3'"):
         sweep_boxes(cam, [0.1, 0.2], image_id="bird_3")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_component_boxes_agree_with_scipy_labelling(seed):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((30, 40)) < 0.08 + 0.1 * seed  # specks, touching borders, merging
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    expected = sorted(
+        (sl[1].start, sl[0].start, sl[1].stop - 1, sl[0].stop - 1)
+        for sl in ndimage.find_objects(labels)
+    )
+    assert sorted(map(tuple, component_boxes(mask).tolist())) == expected
+
+
+def test_sweep_on_a_large_map_works_in_blocks():
+    cam = np.zeros((700, 700), np.float32)  # 101 masks would be 49 MB at once
+    cam[100:200, 300:650] = 1.0
+    cam[500:600, 50:60] = 0.3
+    boxes, owner = sweep_boxes(cam, np.arange(0, 1, 0.01))
+    assert np.bincount(owner).tolist() == [2] * 30 + [1] * 70
+    assert boxes[owner == 99].tolist() == [[300, 100, 649, 199]]
