@@ -163,9 +163,20 @@ class BoxAccuracy(Accumulator):
         return rejects
 
     def compute(self) -> dict[str, Any]:
-        """MaxBoxAccV2, MaxBoxAcc and best_threshold per IoU, GT-known loc, top-1 loc."""
+        """MaxBoxAccV2, MaxBoxAcc and best_threshold per IoU, GT-known loc, top-1 loc.
+
+        Everything is NaN while no image has been counted.
+        """
         if self.n_images == 0:
-            raise ValueError("BoxAccuracy.compute: no image has been added")
+            nan = float("nan")
+            return {
+                "MaxBoxAccV2": nan,
+                "MaxBoxAcc": {int(d): nan for d in self.iou},
+                "best_threshold": {int(d): nan for d in self.iou},
+                "GT-known loc": nan,
+                "top-1 loc": nan,
+                "n_images": 0,
+            }
         acc = self.correct / float(self.n_images)
         best_idx = acc.argmax(axis=1)
         row = {int(level): j for j, level in enumerate(self.iou_levels)}
@@ -261,10 +272,16 @@ class PixelAP(Accumulator):
         return rejects
 
     def compute(self) -> dict[str, Any]:
-        """``PxAP`` and the ``precision`` / ``recall`` at each threshold."""
+        """``PxAP`` and the ``precision`` / ``recall`` at each threshold (NaN before any data)."""
         n_pos = int(self.positive_hist.sum())
         if n_pos == 0:
-            raise ValueError("PixelAP.compute: no foreground pixel has been added")
+            nan = [float("nan")] * self.thresholds.size
+            return {
+                "PxAP": float("nan"),
+                "thresholds": [float(t) for t in self.thresholds],
+                "precision": nan,
+                "recall": list(nan),
+            }
         # Pixels predicted positive at edge j are those in bins j+1 and above.
         tp = np.cumsum(self.positive_hist[::-1])[::-1][1:].astype(np.float64)
         fp = np.cumsum(self.negative_hist[::-1])[::-1][1:].astype(np.float64)

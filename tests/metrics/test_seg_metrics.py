@@ -168,3 +168,9 @@ def test_seg_confusion_bad_input_defaults_to_batch_index():
         acc.update(np.zeros((1, 2, 2), int), np.full((1, 2, 2), 255))
     with pytest.raises(BadInputError, match="image '0'.*label 7"):
         acc.update(np.full((1, 2, 2), 7), np.zeros((1, 2, 2), int))
+
+
+def test_empty_accumulators_compute_to_nan():
+    assert np.isnan(SegConfusion(3).compute()["mIoU"])
+    out = SeedSweep(2).compute()
+    assert np.isnan(out["best_mIoU"]) and len(out["mIoU"]) == 19

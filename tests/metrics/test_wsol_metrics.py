@@ -180,3 +180,10 @@ def test_pixel_ap_bad_input_names_the_image():
     with pytest.raises(BadInputError, match="image 'p0'.*NaN"):
         acc.update(bad, masks, image_ids=["p0", "p1"])
     assert acc.positive_hist.sum() == 0
+
+
+def test_empty_accumulators_compute_to_nan():
+    box = BoxAccuracy().compute()
+    assert np.isnan(box["MaxBoxAccV2"]) and np.isnan(box["MaxBoxAcc"][50]) and box["n_images"] == 0
+    px = PixelAP().compute()
+    assert np.isnan(px["PxAP"]) and len(px["precision"]) == 100
