@@ -78,12 +78,13 @@ def _boxes_problem(boxes: np.ndarray, shape: tuple[int, int]) -> str | None:
 class BoxAccuracy(Accumulator):
     """Per-threshold box-accuracy counts; MaxBoxAcc, MaxBoxAccV2, GT-known and top-1 loc.
 
-    ``thresholds`` are relative: threshold t keeps cam > t x max(cam) (wsolevaluation).
+    ``thresholds`` are relative: threshold t keeps cam > t x max(cam) (wsolevaluation), or
+    cam > t x the ``percentile``-th percentile when ``percentile`` < 100 (PaS, Bae et al.).
     ``iou`` levels are percentages. An image whose CAM yields no box at a threshold counts
     as a miss there.
     """
 
-    _config = ("thresholds", "iou", "iou_levels", "multi_contour")
+    _config = ("thresholds", "iou", "iou_levels", "multi_contour", "percentile")
     _counts = ("correct", "top1_correct", "n_images", "n_top1")
 
     def __init__(
@@ -91,8 +92,12 @@ class BoxAccuracy(Accumulator):
         thresholds: Sequence[float] | np.ndarray | None = None,
         iou: Sequence[int] = (30, 50, 70),
         multi_contour: bool = True,
+        percentile: float = 100.0,
     ) -> None:
         self.thresholds = _check_thresholds(thresholds)
+        if not 0.0 < float(percentile) <= 100.0:
+            raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
+        self.percentile = float(percentile)
         levels = np.asarray(iou, dtype=np.int64).ravel()
         if levels.size == 0 or (levels <= 0).any() or (levels > 100).any():
             raise ValueError(f"iou levels must be percentages in (0, 100], got {list(iou)}")
@@ -108,11 +113,22 @@ class BoxAccuracy(Accumulator):
 
     @classmethod
     def _from_config(cls, state: dict[str, np.ndarray]) -> BoxAccuracy:
-        return cls(state["thresholds"], state["iou"], bool(state["multi_contour"]))
+        return cls(
+            state["thresholds"],
+            state["iou"],
+            bool(state["multi_contour"]),
+            float(state["percentile"]),
+        )
 
     def best_iou_per_threshold(self, cam: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
         """[T] best IoU with any ground-truth box among the boxes found at each threshold."""
-        boxes, owner = sweep_boxes(cam, self.thresholds, multi_contour=self.multi_contour)
+        boxes, owner = sweep_boxes(
+            cam,
+            self.thresholds,
+            multi_contour=self.multi_contour,
+            method="max" if self.percentile == 100.0 else "pas",
+            percentile=self.percentile,
+        )
         best = np.zeros(self.thresholds.size)
         if len(boxes):
             np.maximum.at(best, owner, box_iou(boxes, gt_boxes).max(axis=1))

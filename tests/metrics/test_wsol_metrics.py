@@ -187,3 +187,17 @@ def test_empty_accumulators_compute_to_nan():
     assert np.isnan(box["MaxBoxAccV2"]) and np.isnan(box["MaxBoxAcc"][50]) and box["n_images"] == 0
     px = PixelAP().compute()
     assert np.isnan(px["PxAP"]) and len(px["precision"]) == 100
+
+
+def test_pas_percentile_sweep_finds_a_broad_object_next_to_a_hot_pixel():
+    cam = np.zeros((30, 30), np.float32)
+    cam[0:20, 0:20] = 0.15  # the object
+    cam[25, 25] = 1.0  # a hot pixel
+    gt = [[[0, 0, 19, 19]]]
+    classic = BoxAccuracy(thresholds=[0.2, 0.5], multi_contour=False)
+    classic.update(cam[None], gt)
+    pas = BoxAccuracy(thresholds=[0.2, 0.5], multi_contour=False, percentile=90)
+    pas.update(cam[None], gt)
+    assert classic.compute()["GT-known loc"] == 0.0
+    assert pas.compute()["GT-known loc"] == 1.0
+    assert BoxAccuracy.from_bytes(pas.to_bytes()).percentile == 90.0
