@@ -25,6 +25,7 @@ __all__ = [
     "exists",
     "join",
     "open_uri",
+    "options_for",
     "read_table",
     "redact",
     "resolve",
@@ -45,6 +46,22 @@ def s3_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Non-AWS servers (MinIO, rclone, moto) want path-style addressing.
         options["endpoint_url"] = endpoint
         options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
+    return options
+
+
+def options_for(uri: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Explicit storage options for ``uri`` from this process's environment.
+
+    Worker processes may not share the driver's environment (Ray starts them once), so a driver
+    resolves the options here and ships them with the work.
+    """
+    env = os.environ if env is None else env
+    if _protocol(os.fspath(uri)) not in ("s3", "s3a"):
+        return {}
+    options = s3_options_from_env(env)
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        options["key"] = env["AWS_ACCESS_KEY_ID"]
+        options["secret"] = env["AWS_SECRET_ACCESS_KEY"]
     return options
 
 

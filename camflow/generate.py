@@ -1,0 +1,245 @@
+"""CAM generation for one shard of a manifest: decode -> class maps -> seeds, masks, boxes, metrics.
+
+The three steps are separate functions so that a pipeline can run them on different workers
+(decoding and post-processing on CPUs while a GPU worker computes maps), and so that each works
+on plain numpy/pyarrow values that travel between processes without pickling model state.
+
+Box conventions: the manifest and the ``boxes`` table use pixel edges (x1 exclusive);
+``camflow.postprocess`` and ``camflow.metrics`` count inclusive pixel corners as wsolevaluation does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camflow import cams as cam_engine
+from camflow.data.dataset import normalize
+from camflow.data.images import BadImageError, load_rgb
+from camflow.data.masks import load_mask
+from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
+from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, seed_rows
+from camflow.postprocess import class_boxes, encode_label_png, pseudo_mask
+
+METRICS = {"seed": SeedSweep, "mask": SegConfusion, "box": BoxAccuracy, "pixel": PixelAP}
+
+
+@dataclass(frozen=True)
+class CamMethod:
+    """One way of making maps: a registered method, its layers and its options.
+
+    ``weights`` (broadcam, or any head given as a matrix) travels as a numpy array;
+    ``head_attr`` names a head module of the model (``recam_head`` for ReCAM).
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    weights: np.ndarray | None = None
+    head_attr: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
+
+    def kwargs(self, model: nn.Module) -> dict[str, Any]:
+        out = dict(self.options)
+        if self.weights is not None:
+            out["weights"] = torch.as_tensor(self.weights, dtype=torch.float32)
+        if self.head_attr is not None:
+            out["head"] = getattr(model, self.head_attr)
+        return out
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    num_classes: int
+    image_size: int = 112
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    seed_stride: int = 4
+    batch_size: int = 16
+    background: Literal["constant", "power"] = "constant"
+    bg_threshold: float = 0.25
+    bg_alpha: float = 4.0
+    box_method: Literal["max", "pas"] = "max"
+    box_tau: float = 0.2
+    box_percentile: float = 90.0
+    components: Literal["largest", "all"] = "largest"
+
+
+@dataclass
+class DecodedImage:
+    image_id: str
+    pixels: np.ndarray  # uint8 [H, W, 3]
+    labels: list[int]
+    gt_mask: np.ndarray | None = None  # uint8 [H, W]: 0 background, k+1 class k, 255 ignore
+    gt_boxes: list[dict[str, float]] | None = None  # manifest rows (pixel edges)
+
+
+# -- 1. decode --------------------------------------------------------------------------------
+
+def decode_records(
+    records: Sequence[Mapping[str, Any]], *, storage_options: Mapping[str, Any] | None = None
+) -> tuple[list[DecodedImage], list[dict[str, str]]]:
+    """Decode each manifest record; a bad one becomes a ``rejects`` row and the rest go on."""
+    images, rejects = [], []
+    for rec in records:
+        image_id, uri = str(rec["image_id"]), str(rec["uri"])
+        try:
+            pixels = np.asarray(load_rgb(uri, storage_options))
+            gt = None
+            if rec.get("mask_uri"):
+                gt = load_mask(rec["mask_uri"], storage_options)
+                if gt.shape != pixels.shape[:2]:
+                    raise BadImageError(
+                        f"mask {gt.shape[1]}x{gt.shape[0]} differs from image "
+                        f"{pixels.shape[1]}x{pixels.shape[0]}")
+            labels = sorted({int(c) for c in rec["labels"] or []})
+            if not labels:
+                raise BadImageError("empty label set")
+            images.append(DecodedImage(image_id, pixels, labels, gt, rec.get("boxes")))
+        except (BadImageError, OSError, ValueError) as exc:
+            rejects.append({"image_id": image_id, "uri": uri, "stage": "decode", "reason": str(exc)})
+    return images, rejects
+
+
+# -- 2. maps ------------------------------------------------------------------------------------
+
+def _to_input(pixels: np.ndarray, size: int) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255)
+    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+                      antialias=True)[0]
+    return normalize(x)
+
+
+@torch.inference_mode(False)
+def class_maps(
+    model: nn.Module, images: Sequence[DecodedImage], method: CamMethod, opts: GenerateOptions
+) -> list[np.ndarray]:
+    """Per image, float16 maps [K_i, H_i, W_i] in [0, 1] of its own classes, at its own size."""
+    device = next(model.parameters()).device
+    kwargs = method.kwargs(model)
+    out: list[np.ndarray] = []
+    for start in range(0, len(images), opts.batch_size):
+        batch = images[start:start + opts.batch_size]
+        x = torch.stack([_to_input(im.pixels, opts.image_size) for im in batch]).to(device)
+        k = max(len(im.labels) for im in batch)
+        # Images with fewer classes repeat their first class; the extra maps are dropped below.
+        classes = torch.tensor([im.labels + im.labels[:1] * (k - len(im.labels)) for im in batch])
+        maps = cam_engine.multiscale(model, x, method.name, list(method.layers), classes,
+                                     scales=opts.scales, flip=opts.flip, **kwargs)
+        for im, m in zip(batch, maps):
+            m = m[: len(im.labels)].float()[None]
+            h, w = im.pixels.shape[:2]
+            if m.shape[-2:] != (h, w):
+                m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+            m = cam_engine.normalize_max(m[0])
+            out.append(m.clamp_(0, 1).to(torch.float16).cpu().numpy())
+    return out
+
+
+# -- 3. outputs and metrics ---------------------------------------------------------------------
+
+def new_metrics(num_classes: int) -> dict[str, Any]:
+    return {"seed": SeedSweep(num_classes), "mask": SegConfusion(num_classes + 1),
+            "box": BoxAccuracy(), "pixel": PixelAP()}
+
+
+def shard_outputs(
+    images: Sequence[DecodedImage], maps: Sequence[np.ndarray], opts: GenerateOptions,
+    *, scales: Sequence[float] | None = None,
+) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+    """The ``seeds``, ``masks`` and ``boxes`` tables of a shard, and its metric accumulators."""
+    c = opts.num_classes
+    metrics = new_metrics(c)
+    seeds, masks, boxes = [], [], []
+    for im, m in zip(images, maps):
+        own = torch.from_numpy(m.astype(np.float32))
+        h, w = own.shape[-2:]
+        full = np.zeros((c, h, w), np.float32)
+        full[im.labels] = own.numpy()
+        hot = np.zeros(c, np.float32)
+        hot[im.labels] = 1
+        seeds.append(seed_rows(im.image_id, im.labels, own, stride=opts.seed_stride,
+                               scales=scales or opts.scales))
+        mask = pseudo_mask(full, hot, background=opts.background, threshold=opts.bg_threshold,
+                           alpha=opts.bg_alpha, image_id=im.image_id)
+        masks.append({"image_id": im.image_id, "height": h, "width": w,
+                      "mask_png": encode_label_png(mask, name=im.image_id),
+                      "bg_threshold": opts.bg_threshold, "crf": False})
+        found = class_boxes(full, hot, tau=opts.box_tau, method=opts.box_method,
+                            percentile=opts.box_percentile, components=opts.components,
+                            image_id=im.image_id)
+        for i in range(len(found["class_id"])):
+            boxes.append({"image_id": im.image_id, "class_id": int(found["class_id"][i]),
+                          "score": float(found["score"][i]),
+                          "x0": float(found["x0"][i]), "y0": float(found["y0"][i]),
+                          "x1": float(found["x1"][i] + 1), "y1": float(found["y1"][i] + 1)})
+        _update_metrics(metrics, im, full, hot, mask)
+    tables = {
+        "seeds": pa.concat_tables(seeds) if seeds else SEEDS_SCHEMA.empty_table(),
+        "masks": pa.Table.from_pylist(masks, schema=MASKS_SCHEMA),
+        "boxes": pa.Table.from_pylist(boxes, schema=BOXES_SCHEMA),
+    }
+    return tables, metrics
+
+
+def _update_metrics(metrics: dict[str, Any], im: DecodedImage, full: np.ndarray,
+                    hot: np.ndarray, mask: np.ndarray) -> None:
+    if im.gt_mask is not None:
+        metrics["seed"].update([full], [hot], [im.gt_mask], image_ids=[im.image_id])
+        metrics["mask"].update([mask], [im.gt_mask], image_ids=[im.image_id])
+        ignore = im.gt_mask == 255
+        for k in im.labels:
+            metrics["pixel"].update([full[k]], [im.gt_mask == k + 1], [ignore],
+                                    image_ids=[f"{im.image_id}/class {k}"])
+    if im.gt_boxes:
+        for k in im.labels:
+            gt = np.array([[b["x0"], b["y0"], b["x1"] - 1, b["y1"] - 1]
+                           for b in im.gt_boxes if b["class_id"] == k], np.float64)
+            if len(gt):
+                metrics["box"].update([full[k]], [gt], image_ids=[f"{im.image_id}/class {k}"])
+
+
+# -- metric states travel as JSON-safe dicts (hex of safetensors bytes) ---------------------------
+
+def metrics_to_json(metrics: Mapping[str, Any]) -> dict[str, str]:
+    return {name: acc.to_bytes().hex() for name, acc in metrics.items()}
+
+
+def metrics_from_json(doc: Mapping[str, str]) -> dict[str, Any]:
+    return {name: METRICS[name].from_bytes(bytes.fromhex(data)) for name, data in doc.items()}
+
+
+def merge_metrics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    if not parts:
+        return None
+    total = {name: METRICS[name].from_state(acc.state_dict()) for name, acc in parts[0].items()}
+    for part in parts[1:]:
+        for name, acc in part.items():
+            total[name].merge(acc)
+    return total
+
+
+def summarize(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The headline figures of merged accumulators (NaN where nothing was counted)."""
+    if not metrics:
+        return {}
+    seed = metrics["seed"].compute()
+    mask = metrics["mask"].compute()
+    box = metrics["box"].compute()
+    pixel = metrics["pixel"].compute()
+    return json.loads(json.dumps({
+        "seed_mIoU": seed["best_mIoU"], "seed_best_threshold": seed["best_threshold"],
+        "mask_mIoU": mask["mIoU"], "MaxBoxAccV2": box["MaxBoxAccV2"], "PxAP": pixel["PxAP"],
+    }, default=float))

@@ -1,0 +1,252 @@
+"""Streaming CAM generation on Ray Data, exactly once, into Parquet on disk or object storage.
+
+    manifest shards -> decode (tasks; bad images -> rejects) -> CAM workers (actor pool,
+    map_batches; GPU when present) -> seeds / pseudo masks / boxes + metrics (tasks) -> commit
+
+One Ray Data row is one shard, so a retried row redoes exactly one shard onto the same paths.
+Ray Data restarts a killed CAM worker and retries its shard; the commit markers of
+``camflow.shards`` make the retry, and any rerun, write nothing twice. Values travel between
+stages as safetensors bytes and JSON, never pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from torch import nn
+
+from camflow import generate as gen
+from camflow import storage
+from camflow.data.rejects import REJECTS_SCHEMA
+from camflow.models.checkpoint import load_checkpoint
+from camflow.shards import ShardStore
+from cluster.connect import actor_options, torch_threads_for
+
+log = logging.getLogger("camflow.cluster")
+
+DECODE = "decode"  # the partition holding a shard's rejects; committed last, it marks the shard done
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    output: str
+    run_id: str
+    methods: tuple[gen.CamMethod, ...]
+    options: gen.GenerateOptions
+    shard_size: int = 64
+    # Credentials may live here: never printed.
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass
+class GenerationResult:
+    run_id: str
+    shards_total: int
+    shards_skipped: int
+    rejects: int
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """A model factory that workers can rebuild anywhere: the checkpoint's URI, not its weights."""
+
+    uri: str
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+    def __call__(self) -> nn.Module:
+        model, _ = load_checkpoint(self.uri, storage_options=self.storage_options)
+        return model
+
+
+def plan_shards(manifest: pa.Table, shard_size: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Deterministic shards: contiguous runs of ``shard_size`` manifest rows, in manifest order."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    rows = manifest.to_pylist()
+    return [(f"shard-{i // shard_size:05d}", rows[i:i + shard_size])
+            for i in range(0, len(rows), shard_size)]
+
+
+# -- packing decoded images and maps between stages -------------------------------------------
+
+def _pack_images(images: Sequence[gen.DecodedImage]) -> tuple[bytes, str]:
+    arrays, meta = {}, []
+    for i, im in enumerate(images):
+        arrays[f"{i}.pixels"] = np.ascontiguousarray(im.pixels)
+        if im.gt_mask is not None:
+            arrays[f"{i}.mask"] = np.ascontiguousarray(im.gt_mask)
+        meta.append({"image_id": im.image_id, "labels": im.labels, "boxes": im.gt_boxes})
+    return (st_save(arrays) if arrays else b""), json.dumps(meta)
+
+
+def _unpack_images(data: bytes, meta: str) -> list[gen.DecodedImage]:
+    arrays = st_load(data) if data else {}
+    return [gen.DecodedImage(m["image_id"], arrays[f"{i}.pixels"], m["labels"],
+                             arrays.get(f"{i}.mask"), m["boxes"])
+            for i, m in enumerate(json.loads(meta))]
+
+
+def _pack_maps(maps: dict[str, list[np.ndarray]]) -> bytes:
+    arrays = {f"{key}.{i}": m for key, ms in maps.items() for i, m in enumerate(ms)}
+    return st_save(arrays) if arrays else b""
+
+
+def _unpack_maps(data: bytes, key: str, n: int) -> list[np.ndarray]:
+    arrays = st_load(data) if data else {}
+    return [arrays[f"{key}.{i}"] for i in range(n)]
+
+
+# -- the three stages -------------------------------------------------------------------------
+
+def _decode_stage(row: dict[str, Any], storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    images, rejects = gen.decode_records(json.loads(row["records"]), storage_options=storage_options)
+    packed, meta = _pack_images(images)
+    return {"shard": row["shard"], "images": packed, "meta": meta, "rejects": json.dumps(rejects)}
+
+
+class CamWorker:
+    """Holds the model and computes every method's maps for one shard at a time."""
+
+    def __init__(self, model_factory: Callable[[], nn.Module], methods: Sequence[gen.CamMethod],
+                 options: gen.GenerateOptions, num_threads: int, use_gpu: bool) -> None:
+        torch.set_num_threads(num_threads)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        model = model_factory().eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self.methods, self.options = model, list(methods), options
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"shard": [], "images": [], "meta": [], "rejects": [], "maps": []}
+        for i in range(len(batch["shard"])):
+            images = _unpack_images(batch["images"][i], batch["meta"][i])
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                                      enabled=self.device.type == "cuda")
+            with autocast:
+                maps = {m.key: gen.class_maps(self.model, images, m, self.options)
+                        for m in self.methods}
+            for key in ("shard", "images", "meta", "rejects"):
+                out[key].append(batch[key][i])
+            out["maps"].append(_pack_maps(maps))
+        return out
+
+
+def _finish_stage(row: dict[str, Any], job: GenerationJob) -> dict[str, Any]:
+    store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+    images = _unpack_images(row["images"], row["meta"])
+    summary = {}
+    for method in job.methods:
+        maps = _unpack_maps(row["maps"], method.key, len(images))
+        tables, metrics = gen.shard_outputs(images, maps, job.options)
+        store.commit(method.key, row["shard"], tables,
+                     extra={"metrics": gen.metrics_to_json(metrics), "images": len(images)})
+        summary[method.key] = tables["seeds"].num_rows
+    rejects = pa.Table.from_pylist(json.loads(row["rejects"]), schema=REJECTS_SCHEMA)
+    store.commit(DECODE, row["shard"], {"rejects": rejects})
+    return {"shard": row["shard"], "rejects": rejects.num_rows, "seeds": json.dumps(summary)}
+
+
+# -- driver ---------------------------------------------------------------------------------------
+
+def _renew_forever(lease, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        try:
+            lease.renew()
+        except Exception as exc:  # noqa: BLE001 - logged; the next renewal may succeed
+            log.warning("could not renew the run lease: %s", exc)
+
+
+def run_generation(
+    job: GenerationJob,
+    manifest: pa.Table,
+    model_factory: Callable[[], nn.Module],
+    *,
+    workers: int = 1,
+    use_gpu: bool | None = None,
+    gpu_fraction: float = 1.0,
+    cpus_per_worker: float = 1.0,
+    lease_ttl: float = 120.0,
+    on_shard: Callable[[dict[str, Any]], None] | None = None,
+) -> GenerationResult:
+    """Generate every shard not yet committed under ``job.output``/``job.run_id``; merge metrics."""
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised: call cluster.connect.connect() first")
+    if job.storage_options is None:
+        job = dataclasses.replace(job, storage_options=storage.options_for(job.output))
+    store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+    shards = plan_shards(manifest, job.shard_size)
+    with store.lease(ttl=lease_ttl) as lease:
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew_forever, args=(lease, stop, lease_ttl / 3),
+                                   daemon=True)
+        renewer.start()
+        try:
+            done = store.committed(DECODE)
+            todo = [(s, recs) for s, recs in shards if s not in done]
+            log.info("run %s: %d shards, %d already committed", job.run_id, len(shards),
+                     len(shards) - len(todo))
+            if todo:
+                _stream(job, todo, model_factory, workers=workers, use_gpu=use_gpu,
+                        gpu_fraction=gpu_fraction, cpus_per_worker=cpus_per_worker,
+                        on_shard=on_shard)
+        finally:
+            stop.set()
+            renewer.join()
+    return collect(store, job, shards_total=len(shards), shards_skipped=len(shards) - len(todo))
+
+
+def _stream(job: GenerationJob, todo, model_factory, *, workers: int, use_gpu: bool | None,
+            gpu_fraction: float, cpus_per_worker: float, on_shard) -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    opts = actor_options(use_gpu=use_gpu, gpu_fraction=gpu_fraction, num_cpus=cpus_per_worker)
+    items = [{"shard": s, "records": json.dumps(recs, default=_json_default)} for s, recs in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(_decode_stage, fn_kwargs={"storage_options": job.storage_options}, num_cpus=0.25)
+    ds = ds.map_batches(
+        CamWorker, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        fn_constructor_kwargs={
+            "model_factory": model_factory, "methods": job.methods, "options": job.options,
+            "num_threads": torch_threads_for(cpus_per_worker), "use_gpu": opts["num_gpus"] > 0,
+        },
+        num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
+        max_restarts=-1, max_task_retries=-1,
+    )
+    ds = ds.map(_finish_stage, fn_kwargs={"job": job}, num_cpus=0.25)
+    for row in ds.iter_rows():
+        log.info("committed %s", row["shard"])
+        if on_shard is not None:
+            on_shard(row)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot encode {type(value).__name__} in a shard record")
+
+
+def collect(store: ShardStore, job: GenerationJob, *, shards_total: int,
+            shards_skipped: int) -> GenerationResult:
+    """Merge the metric states recorded in every committed shard marker of the run."""
+    result = GenerationResult(job.run_id, shards_total, shards_skipped,
+                              rejects=store.read("rejects", DECODE).num_rows)
+    for method in job.methods:
+        parts = [gen.metrics_from_json(c.extra["metrics"]) for c in store.commits(method.key)]
+        result.metrics[method.key] = gen.summarize(gen.merge_metrics(parts))
+    return result

@@ -1,0 +1,219 @@
+"""CAM generation on Ray into Parquet: exactly once, resumable, fault tolerant (issue 7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import torch
+
+from camflow.data import embedded
+from camflow.data.voc import read_voc
+from camflow.generate import CamMethod, GenerateOptions
+from camflow.models import build, save_checkpoint
+from camflow.shards import RunInUseError, ShardStore, table_digest
+from cluster.generate import CheckpointModel, GenerationJob, run_generation
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A tiny embedded benchmark, a checkpoint, and a manifest with two bad records."""
+    base = tmp_path_factory.mktemp("gen")
+    root = embedded.build(base / "data", seed=3, train=0, val=20, size=64)
+    manifest = read_voc(root, "val")
+    corrupt = base / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bad = pa.Table.from_pylist(
+        [{"image_id": "missing", "uri": str(base / "nope.jpg"), "split": "val", "labels": [1],
+          "width": 64, "height": 64, "mask_uri": None, "boxes": None},
+         {"image_id": "corrupt", "uri": str(corrupt), "split": "val", "labels": [2],
+          "width": 64, "height": 64, "mask_uri": None, "boxes": None}],
+        schema=manifest.schema)
+    manifest = pa.concat_tables([manifest.slice(0, 9), bad, manifest.slice(9)])
+    torch.manual_seed(0)
+    ckpt = str(base / "model.safetensors")
+    save_checkpoint(build("resnet18", 10), ckpt, {"classes": list(embedded.CLASSES)})
+    return {"manifest": manifest, "ckpt": ckpt, "accepted": manifest.num_rows - 2}
+
+
+def _job(output: str, run_id: str = "r1") -> GenerationJob:
+    opts = GenerateOptions(num_classes=10, image_size=64, scales=(1.0,), flip=False,
+                           seed_stride=2, batch_size=8)
+    return GenerationJob(output=output, run_id=run_id, shard_size=4, options=opts,
+                         methods=(CamMethod("cam", ("stage5",)),
+                                  CamMethod("gradcam", ("stage5",))))
+
+
+def _digests(store: ShardStore) -> dict[str, str]:
+    out = {}
+    for method in ("cam", "gradcam"):
+        for table in ("seeds", "masks", "boxes"):
+            t = store.read(table, method).drop_columns(["run", "method"])
+            keys = [("image_id", "ascending")] + (
+                [("class_id", "ascending")] if "class_id" in t.column_names else [])
+            out[f"{method}/{table}"] = table_digest(t.sort_by(keys))
+    return out
+
+
+def _check_exactly_once(store: ShardStore, manifest: pa.Table) -> None:
+    good = [r for r in manifest.to_pylist() if r["image_id"] not in ("missing", "corrupt")]
+    want = sorted((r["image_id"], c) for r in good for c in sorted(set(r["labels"])))
+    for method in ("cam", "gradcam"):
+        seeds = store.read("seeds", method)
+        got = sorted(zip(seeds["image_id"].to_pylist(), seeds["class_id"].to_pylist()))
+        assert got == want, method
+        assert store.read("masks", method).num_rows == len(good)
+    rejects = store.read("rejects")
+    bad = sorted(set(manifest["image_id"].to_pylist()) & {"corrupt", "missing"})
+    assert sorted(rejects["image_id"].to_pylist()) == bad
+    assert all(rejects["reason"].to_pylist())
+
+
+def test_local_run_writes_every_table_once_and_rejects_bad_images(ray_session, dataset, tmp_path):
+    result = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
+    store = ShardStore(str(tmp_path), "r1")
+    _check_exactly_once(store, dataset["manifest"])
+    assert result.shards_total == 6 and result.shards_skipped == 0 and result.rejects == 2
+    for method in ("cam", "gradcam"):
+        m = result.metrics[method]
+        assert 0 <= m["seed_mIoU"] <= 1 and 0 <= m["MaxBoxAccV2"] <= 1 and 0 <= m["PxAP"] <= 1
+
+    again = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
+    assert again.shards_skipped == 6 and again.metrics == result.metrics
+    _check_exactly_once(store, dataset["manifest"])
+
+
+def test_interrupted_run_resumes_to_the_same_dataset(ray_session, dataset, tmp_path):
+    clean = tmp_path / "clean"
+    run_generation(_job(str(clean)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
+
+    resumed = tmp_path / "resumed"
+    seen = []
+
+    def interrupt(row):
+        seen.append(row["shard"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt("operator pressed ctrl-c")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generation(_job(str(resumed)), dataset["manifest"], CheckpointModel(dataset["ckpt"]),
+                       on_shard=interrupt, lease_ttl=1.0)
+    store = ShardStore(str(resumed), "r1")
+    first = {p: os.stat(p).st_mtime_ns for p in store.fs.glob(f"{resumed}/_commits/**/*.json")}
+    assert first, "some shards were committed before the interruption"
+    time.sleep(1.1)  # the interrupted writer's lease expires
+    result = run_generation(_job(str(resumed)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
+    assert result.shards_skipped >= 2
+    assert {p: os.stat(p).st_mtime_ns for p in first} == first, "committed shards were redone"
+    assert _digests(store) == _digests(ShardStore(str(clean), "r1"))
+    _check_exactly_once(store, dataset["manifest"])
+
+
+def _cam_worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"CamWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_killed_cam_worker_is_replaced_and_nothing_is_doubled(ray_session, dataset, tmp_path):
+    killed = []
+
+    def kill_once(row):
+        if not killed:
+            pids = _cam_worker_pids()
+            assert pids, "no CAM worker process found"
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    result = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]),
+                            on_shard=kill_once)
+    assert killed and result.shards_total == 6
+    _check_exactly_once(ShardStore(str(tmp_path), "r1"), dataset["manifest"])
+
+
+def test_a_second_writer_of_the_same_run_refuses(ray_session, dataset, tmp_path):
+    holder = ShardStore(str(tmp_path), "r1").lease(ttl=60).acquire()
+    try:
+        with pytest.raises(RunInUseError, match="r1"):
+            run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
+    finally:
+        holder.release()
+    other = run_generation(_job(str(tmp_path), "r2"), dataset["manifest"].slice(0, 4),
+                           CheckpointModel(dataset["ckpt"]))
+    assert other.shards_total == 1
+
+
+def test_object_store_run(ray_session, dataset, object_store):
+    out = f"{object_store}/camflow"
+    manifest = dataset["manifest"].slice(6, 8)  # two shards, one bad record in each
+    run_generation(_job(out), manifest, CheckpointModel(dataset["ckpt"]))
+    _check_exactly_once(ShardStore(out, "r1"), manifest)
+
+
+def test_object_store_outage_mid_run_is_retried(ray_session, dataset, tmp_path, monkeypatch):
+    """Stop a real S3 server (rclone) for a few seconds while shards are being written."""
+    import subprocess
+    import sys
+
+    import boto3
+
+    exe = str(Path(sys.executable).with_name("rclone"))
+    root = tmp_path / "s3root"
+    root.mkdir()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    cmd = [exe, "serve", "s3", "--auth-key", "k1234,s1234", "--addr", f"127.0.0.1:{port}", str(root)]
+
+    def start():
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            time.sleep(0.1)
+        raise RuntimeError("rclone did not start")
+
+    server = {"proc": start()}
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="k1234",
+                 aws_secret_access_key="s1234").create_bucket(Bucket="outage")
+    monkeypatch.setenv("CAMFLOW_S3_ENDPOINT", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k1234")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s1234")
+    outage = []
+
+    def take_down_once(row):
+        if not outage:
+            server["proc"].terminate()
+            server["proc"].wait(timeout=10)
+            outage.append(time.time())
+
+            def come_back():
+                time.sleep(4)
+                server["proc"] = start()
+
+            threading.Thread(target=come_back, daemon=True).start()
+
+    try:
+        run_generation(_job("s3://outage/camflow"), dataset["manifest"],
+                       CheckpointModel(dataset["ckpt"]), on_shard=take_down_once)
+        assert outage
+        _check_exactly_once(ShardStore("s3://outage/camflow", "r1"), dataset["manifest"])
+    finally:
+        server["proc"].terminate()
