@@ -194,7 +194,10 @@ class SeedSweep(Accumulator):
         if cam.shape[1:] != g.shape:
             return f"cam shape {cam.shape[1:]} != ground truth shape {g.shape}"
         if lab.shape != (self.num_classes,) or not np.isin(lab, (0, 1)).all():
-            return f"labels must be 0/1 multi-hot of length {self.num_classes}, got {lab!r}"
+            return (
+                f"labels must be 0/1 multi-hot of length {self.num_classes}, "
+                f"got shape {lab.shape} with values {np.unique(lab)[:5].tolist()}"
+            )
         return map_range_problem(cam) or _gt_problem(g, self.num_classes + 1, self.ignore_index)
 
     def update(

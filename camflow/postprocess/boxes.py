@@ -128,7 +128,10 @@ def extract_boxes(
     arr = _check_cam(cam, image_id)
     if components not in ("largest", "all"):
         raise ValueError(f"components: expected 'largest' or 'all', got {components!r}")
-    thr = tau * _base_value(arr, method, percentile)
+    if tau < 0:
+        raise ValueError(f"tau must be >= 0, got {tau}")
+    # Compared in the map's own precision, as sweep_boxes compares.
+    thr = arr.dtype.type(tau * _base_value(arr, method, percentile))
     boxes = component_boxes(arr > thr, largest_only=components == "largest")
     return BoxSet(boxes, _box_scores(arr, boxes, score))
 

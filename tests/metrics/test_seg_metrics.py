@@ -174,3 +174,14 @@ def test_empty_accumulators_compute_to_nan():
     assert np.isnan(SegConfusion(3).compute()["mIoU"])
     out = SeedSweep(2).compute()
     assert np.isnan(out["best_mIoU"]) and len(out["mIoU"]) == 19
+
+
+def test_seed_sweep_refuses_wrong_labels_and_channel_counts():
+    cams = np.zeros((1, 3, 2, 2), np.float32)
+    gt = np.zeros((1, 2, 2), int)
+    with pytest.raises(BadInputError, match="image 'x'.*multi-hot of length 3"):
+        SeedSweep(3).update(cams, np.array([[1, 0]]), gt, image_ids=["x"])
+    with pytest.raises(BadInputError, match="image 'x'.*3 channels, expected 4"):
+        SeedSweep(4).update(cams, np.array([[1, 0, 0, 0]]), gt, image_ids=["x"])
+    with pytest.raises(BadInputError, match="image 'x'.*label 9"):
+        SeedSweep(3).update(cams, np.array([[1, 0, 0]]), gt + 9, image_ids=["x"])
