@@ -8,19 +8,34 @@ concatenates them in the order given. ``accumulate`` streams a dataset through i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import Tensor, nn
 
+from camflow import storage
 from camflow.bls import BLS
 from camflow.bls.stats import invalid_label_rows, nonfinite_rows
 from camflow.cams.hooks import capture
 from camflow.data.rejects import Rejects
 
-__all__ = ["DEFAULT_LAYERS", "accumulate", "default_layers", "pooled_by_layer", "pooled_features"]
+__all__ = [
+    "DEFAULT_LAYERS",
+    "FeatureSink",
+    "accumulate",
+    "default_layers",
+    "feature_tables",
+    "refit_from_features",
+    "pooled_by_layer",
+    "pooled_features",
+]
+
+#: Called by ``accumulate`` with the image ids, per-layer pooled features and multi-hot labels of
+#: the rows it kept.
+FeatureSink = Callable[[list[str], dict[str, Tensor], np.ndarray], None]
 
 #: The last two stages, BroadCAM's default, for camflow.models classifiers.
 DEFAULT_LAYERS = ("stage4", "stage5")
@@ -112,6 +127,7 @@ def accumulate(
     bls: BLS | None = None,
     *,
     rejects: Rejects | None = None,
+    sink: FeatureSink | None = None,
 ) -> BLS:
     """Add the pooled features of every batch to ``bls`` (a new ``BLS()`` by default); unsolved.
 
@@ -119,6 +135,7 @@ def accumulate(
     mapping with those keys). Rows whose features are not finite or whose labels are not 0/1 are
     reported to ``rejects`` (and logged) by image id, and the rest of the batch goes on.
     Features are summed on the model's device, so a GPU model also reduces them on the GPU.
+    ``sink``, if given, also receives each batch's accepted features (e.g. to write them out).
     """
     layers = tuple(default_layers(model) if layers is None else layers)
     bls = BLS() if bls is None else bls
@@ -146,8 +163,103 @@ def accumulate(
         keep = np.setdiff1d(np.arange(len(ids)), sorted(bad_features | bad_labels))
         if keep.size == 0:
             continue
+        kept_ids = [ids[i] for i in keep]
         if keep.size < len(ids):
-            features = features[torch.from_numpy(keep).to(features.device)]
-            labels = labels[keep]
-        bls.partial_fit(features, labels, ids=[ids[i] for i in keep])
+            rows = torch.from_numpy(keep).to(features.device)
+            features, labels = features[rows], labels[keep]
+            by_layer = {name: t[rows] for name, t in by_layer.items()}
+        bls.partial_fit(features, labels, ids=kept_ids)
+        if sink is not None:
+            sink(kept_ids, by_layer, labels)
+    return bls
+
+
+def feature_tables(
+    image_ids: Sequence[str], by_layer: Mapping[str, Tensor], labels: np.ndarray
+) -> dict[str, pa.Table]:
+    """One ``features`` table per layer: image_id, stage, vector (fixed_size_list<float32>),
+    labels (list<int16> class ids, as in the manifest, so a refit needs nothing else).
+
+    A fixed-size list has one width per column, and layers differ in width, so each layer gets
+    its own table (stored under its own ``stage=<layer>`` folder).
+    """
+    class_ids = pa.array([np.flatnonzero(row).tolist() for row in np.asarray(labels)],
+                         pa.list_(pa.int16()))
+    tables = {}
+    for name, values in by_layer.items():
+        array = values.detach().float().cpu().numpy()
+        if array.ndim != 2 or array.shape[0] != len(image_ids):
+            raise ValueError(f"layer {name!r}: {list(array.shape)} features for {len(image_ids)} "
+                             "image ids")
+        width = array.shape[1]
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), width)
+        tables[name] = pa.table({
+            "image_id": pa.array(list(image_ids), pa.string()),
+            "stage": pa.array([name] * len(image_ids), pa.string()),
+            "vector": vectors,
+            "labels": class_ids,
+        })
+    return tables
+
+
+def _vectors(table: pa.Table, where: str) -> np.ndarray:
+    column = table.column("vector").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise ValueError(f"{where}: column 'vector' is {column.type}, not a fixed-size list")
+    width = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
+
+
+def _multi_hot(labels: pa.ChunkedArray, num_classes: int, where: str) -> np.ndarray:
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    for row, ids in enumerate(labels.to_pylist()):
+        ids = ids or []
+        if any(not 0 <= k < num_classes for k in ids):
+            raise ValueError(f"{where}: row {row} has label ids {ids} outside 0..{num_classes - 1}")
+        out[row, ids] = 1.0
+    return out
+
+
+def refit_from_features(
+    features_uri: str,
+    layers: Sequence[str],
+    num_classes: int,
+    bls: BLS | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> BLS:
+    """Accumulate the features written under ``features_uri`` (``stage=<layer>/<shard>.parquet``)
+    into ``bls`` (a new ``BLS()`` by default), shard by shard; unsolved, like ``accumulate``.
+
+    Every layer must have the same shard files holding the same image ids.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers: give at least one layer")
+    bls = BLS() if bls is None else bls
+    fs, root = storage.resolve(features_uri, storage_options)
+    shard_files = sorted(fs.glob(f"{root.rstrip('/')}/stage={layers[0]}/*.parquet"))
+    if not shard_files:
+        raise FileNotFoundError(f"no feature shards for layer {layers[0]!r} under "
+                                f"{storage.redact(features_uri)}")
+    for shard_file in shard_files:
+        shard = shard_file.rsplit("/", 1)[-1]
+        blocks, layout, ids, labels = [], [], None, None
+        for layer in layers:
+            uri = storage.join(features_uri, f"stage={layer}", shard)
+            table = storage.read_table(uri, storage_options=storage_options)
+            where = f"features {storage.redact(uri)}"
+            table_ids = table.column("image_id").to_pylist()
+            if ids is None:
+                ids, labels = table_ids, _multi_hot(table.column("labels"), num_classes, where)
+            elif table_ids != ids:
+                raise ValueError(f"{where}: image ids differ from layer {layers[0]!r}'s")
+            blocks.append(_vectors(table, where))
+            layout.append((layer, blocks[-1].shape[1]))
+        if bls.feature_layout is None:
+            bls.feature_layout = layout
+        elif list(bls.feature_layout) != layout:
+            raise ValueError(f"shard {shard}: feature layout {layout} differs from "
+                             f"{bls.feature_layout}")
+        bls.partial_fit(np.hstack(blocks), labels, ids=ids)
     return bls
