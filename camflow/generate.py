@@ -196,19 +196,22 @@ def shard_outputs(
 
 def _update_metrics(metrics: dict[str, Any], im: DecodedImage, full: np.ndarray,
                     hot: np.ndarray, mask: np.ndarray) -> None:
+    # An image whose ground truth cannot be scored (e.g. a labelled class hidden entirely under
+    # the ignore band) is left out of that metric; its outputs are still written.
     if im.gt_mask is not None:
-        metrics["seed"].update([full], [hot], [im.gt_mask], image_ids=[im.image_id])
-        metrics["mask"].update([mask], [im.gt_mask], image_ids=[im.image_id])
+        metrics["seed"].update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
+        metrics["mask"].update([mask], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
         ignore = im.gt_mask == 255
         for k in im.labels:
             metrics["pixel"].update([full[k]], [im.gt_mask == k + 1], [ignore],
-                                    image_ids=[f"{im.image_id}/class {k}"])
+                                    image_ids=[f"{im.image_id}/class {k}"], on_error="skip")
     if im.gt_boxes:
         for k in im.labels:
             gt = np.array([[b["x0"], b["y0"], b["x1"] - 1, b["y1"] - 1]
                            for b in im.gt_boxes if b["class_id"] == k], np.float64)
             if len(gt):
-                metrics["box"].update([full[k]], [gt], image_ids=[f"{im.image_id}/class {k}"])
+                metrics["box"].update([full[k]], [gt], image_ids=[f"{im.image_id}/class {k}"],
+                                      on_error="skip")
 
 
 # -- metric states travel as JSON-safe dicts (hex of safetensors bytes) ---------------------------
