@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,11 +12,6 @@ import numpy as np
 from camflow.bls.errors import NotFittedError
 from camflow.bls.solve import Solution, solve
 from camflow.bls.stats import Moments, as_features, as_labels, check_finite_rows
-
-try:
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = ["BLS"]
 
@@ -208,12 +204,13 @@ class BLS:
     def predict(self, X: Any) -> Any:
         """X @ coef_ + intercept_: a float64 numpy array, or a tensor on X's device for a tensor."""
         coef, intercept = self.coef_, self.intercept_
+        torch = sys.modules.get("torch")  # a tensor argument means torch is already loaded
         is_tensor = torch is not None and isinstance(X, torch.Tensor)
         X = as_features(X)
         if X.shape[1] != coef.shape[0]:
             raise ValueError(f"X has {X.shape[1]} features but the model was fitted on "
                              f"{coef.shape[0]}")
-        if torch is not None and isinstance(X, torch.Tensor):
+        if is_tensor and isinstance(X, torch.Tensor):  # still a tensor: it lives off the CPU
             w = torch.from_numpy(coef).to(X.device)
             b = torch.from_numpy(intercept).to(X.device)
             return X.to(torch.float64) @ w + b

@@ -11,6 +11,7 @@ Two accumulators merge exactly, so shards from many workers combine in any order
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +19,6 @@ import numpy as np
 from scipy.linalg import blas
 
 from camflow.bls.errors import NonFiniteFeaturesError
-
-try:  # torch is a core dependency, but the statistics themselves do not need it.
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
 
 __all__ = [
     "Moments",
@@ -39,6 +35,9 @@ _MAX_LISTED = 10
 
 
 def _is_tensor(x: Any) -> bool:
+    # torch is only looked up, never imported here: a numpy-only fit does not pay for loading it,
+    # and a tensor can only exist once torch is loaded.
+    torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
 
 
@@ -58,6 +57,8 @@ def as_features(X: Any, name: str = "X") -> Any:
     stay there and their blocks are reduced on that device.
     """
     if _is_tensor(X):
+        import torch
+
         X = X.detach()
         if X.device.type == "cpu":
             X = X.numpy() if X.dtype != torch.bfloat16 else X.float().numpy()
@@ -79,7 +80,7 @@ def nonfinite_rows(X: Any) -> np.ndarray:
     for start in range(0, X.shape[0], DEFAULT_BLOCK_ROWS):
         block = X[start : start + DEFAULT_BLOCK_ROWS]
         if _is_tensor(block):
-            ok = torch.isfinite(block).all(dim=1).cpu().numpy()
+            ok = block.isfinite().all(dim=1).cpu().numpy()
         else:
             ok = np.isfinite(block).all(axis=1)
         bad.append(start + np.flatnonzero(~ok))
@@ -194,6 +195,8 @@ class Moments:
     def _add_block(self, xb: Any, yb: np.ndarray) -> None:
         nb = xb.shape[0]
         if _is_tensor(xb):
+            import torch
+
             xb = xb.to(torch.float64)
             bsum_x = xb.sum(dim=0)
             xc = xb - bsum_x / nb
