@@ -5,7 +5,7 @@
 >>> model, meta = camflow.models.load_checkpoint(result.checkpoint_uri)
 """
 
-from camflow.train.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from camflow.train.augment import eval_transform, train_transform
 from camflow.train.config import TrainConfig
 from camflow.train.loop import (
     BEST_CHECKPOINT,
@@ -24,8 +24,6 @@ from camflow.train.metrics import (
 
 __all__ = [
     "BEST_CHECKPOINT",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "Runtime",
     "TrainConfig",
     "TrainResult",

@@ -1,30 +1,24 @@
 """Image transforms for training and evaluation: RGB PIL image -> normalised float tensor.
 
-They plug into ``ManifestDataset(..., transform=...)``. Normalisation uses the ImageNet statistics
-the torchvision backbones (and their pretrained weights) expect.
+They plug into ``ManifestDataset(..., transform=...)``. Normalisation is camflow.data.transforms's
+(the ImageNet statistics the torchvision backbones and their pretrained weights expect).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "eval_transform", "train_transform"]
+from camflow.data.transforms import MEAN, STD, Transform
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Transform = Callable[[Image.Image], torch.Tensor]
+__all__ = ["eval_transform", "train_transform"]
 
 
 def _to_normalised_tensor() -> list:
     return [
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(MEAN, STD),
     ]
 
 

@@ -54,6 +54,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     f1_threshold: float = 0.5
+    eval_every: int = 1  # validate every k epochs (and always after the last one)
     eval_batch_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, recorded in checkpoints
 
@@ -90,6 +91,8 @@ class TrainConfig:
             raise bad("label_smoothing", "must be in [0, 0.5)")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", "must be None or >= 1")
+        if isinstance(self.eval_every, bool) or not isinstance(self.eval_every, int) or self.eval_every < 1:
+            raise bad("eval_every", "must be a positive integer")
         if self.num_workers < 0:
             raise bad("num_workers", "must be >= 0")
 

@@ -22,6 +22,7 @@ __all__ = [
     "data_hash",
     "dataset_image_ids",
     "dataset_labels",
+    "manifest_datasets",
     "select_subset",
 ]
 
@@ -39,9 +40,19 @@ def _base(dataset: Dataset) -> tuple[Dataset, np.ndarray | None]:
 
 
 def dataset_labels(dataset: Dataset) -> np.ndarray:
-    """[N, C] multi-hot labels of every item."""
+    """[N, C] multi-hot labels of every item, without decoding images where the dataset allows.
+
+    Understands an array attribute ``labels`` ([N, C]) and ManifestDataset's ``labels(i)`` (class
+    ids of item i, with ``num_classes``); otherwise every item is loaded once.
+    """
     base, indices = _base(dataset)
     labels = getattr(base, "labels", None)
+    if callable(labels) and isinstance(getattr(base, "num_classes", None), int):
+        table = np.zeros((len(base), base.num_classes), dtype=np.float32)
+        for i in range(len(base)) if indices is None else np.unique(indices):
+            ids = [k for k in labels(int(i)) if 0 <= k < base.num_classes]
+            table[i, ids] = 1.0
+        return table[indices] if indices is not None else table
     if labels is not None and not callable(labels):
         labels = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
         return labels[indices] if indices is not None else labels
@@ -49,9 +60,15 @@ def dataset_labels(dataset: Dataset) -> np.ndarray:
 
 
 def dataset_image_ids(dataset: Dataset) -> list[str] | None:
+    """Image ids from an ``image_ids`` attribute or an ``image_id(i)`` method; None otherwise."""
     base, indices = _base(dataset)
     ids = getattr(base, "image_ids", None)
-    if ids is None or callable(ids):
+    if callable(ids):
+        ids = None
+    if ids is None and callable(getattr(base, "image_id", None)):
+        wanted = range(len(base)) if indices is None else indices
+        return [str(base.image_id(int(i))) for i in wanted]
+    if ids is None:
         return None
     ids = [str(i) for i in ids]
     return [ids[i] for i in indices] if indices is not None else ids
@@ -76,7 +93,8 @@ def select_subset(labels: np.ndarray, proportion: float, seed: int, *, what: str
         return np.arange(n)
     from camflow.data.subsets import stratified_subset
 
-    indices = np.asarray(stratified_subset(labels, proportion, seed=seed), dtype=np.int64)
+    class_ids = [np.flatnonzero(row > 0.5).tolist() for row in labels]
+    indices = np.asarray(stratified_subset(class_ids, proportion, seed=seed), dtype=np.int64)
     if indices.size == 0:
         raise ValueError(
             f"proportion {proportion:g} of the {what} ({n} images) selects no image; "
@@ -111,3 +129,27 @@ def collate_skipping_rejects(items: list[dict[str, Any]]) -> dict[str, Any]:
              "labels": default_collate([i["labels"] for i in good])} if good else {}
     batch["rejects"] = rejects
     return batch
+
+
+def manifest_datasets(
+    train_manifest,
+    val_manifest,
+    num_classes: int,
+    *,
+    image_size: int,
+    min_scale: float = 0.5,
+    hflip: bool = True,
+    color_jitter: float = 0.3,
+    root: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+):
+    """ManifestDatasets for training (augmented) and validation (resized only)."""
+    from camflow.data.dataset import ManifestDataset
+    from camflow.train.augment import eval_transform, train_transform
+
+    augment = train_transform(image_size, min_scale=min_scale, hflip=hflip, color_jitter=color_jitter)
+    common = {"root": root, "storage_options": storage_options, "size": image_size}
+    return (
+        ManifestDataset(train_manifest, num_classes, transform=augment, **common),
+        ManifestDataset(val_manifest, num_classes, transform=eval_transform(image_size), **common),
+    )

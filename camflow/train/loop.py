@@ -286,13 +286,13 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_s": time.monotonic() - epoch_start,
         }
-        if runtime.is_chief:
+        due = (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1
+        if runtime.is_chief and due:
             metrics, val_rejects = evaluate(
                 model, val_loader, device=device, threshold=config.f1_threshold,
                 channels_last=config.channels_last,
             )
-            if epoch == 0:
-                rejects.extend(val_rejects)
+            rejects.extend(val_rejects)
             record.update(metrics)
             if metrics["mAP"] > best_map:
                 best_map, best_epoch, best_metrics = metrics["mAP"], epoch, metrics
@@ -310,8 +310,9 @@ def train(
 
     elapsed = time.monotonic() - started
     if runtime.is_chief:
-        summary = {"history": history, "best_epoch": best_epoch, "elapsed_s": elapsed,
-                   "rejects": [list(r) for r in rejects], **meta_base}
+        summary = {"history": history, "best_epoch": best_epoch, "best_metrics": best_metrics,
+                   "elapsed_s": elapsed, "step_losses": step_losses,
+                   "rejects": sorted(dict(rejects).items()), **meta_base}
         storage.write_bytes(json.dumps(summary, indent=1, default=float).encode(),
                             storage.join(out_uri, HISTORY), storage_options)
     for image_id, reason in dict(rejects).items():
