@@ -54,7 +54,8 @@ class CamMethod:
     def kwargs(self, model: nn.Module) -> dict[str, Any]:
         out = dict(self.options)
         if self.weights is not None:
-            out["weights"] = torch.as_tensor(self.weights, dtype=torch.float32)
+            # Arrays arriving through Ray are read-only views: torch wants its own copy.
+            out["weights"] = torch.tensor(np.array(self.weights, dtype=np.float32))
         if self.head_attr is not None:
             out["head"] = getattr(model, self.head_attr)
         return out

@@ -85,6 +85,7 @@ class CamsConfig(Section):
     )
     scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
     flip: bool = True
+    split: Literal["train", "val"] = Field("val", description="the split whose seeds are made")
     seed_stride: int = Field(4, ge=1)
     shard_size: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -118,6 +119,10 @@ class ClusterConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
 
 
+class SweepConfig(Section):
+    proportions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+
+
 class ScheduleConfig(Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -134,6 +139,7 @@ class RunConfig(Section):
     cams: CamsConfig = CamsConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     cluster: ClusterConfig = ClusterConfig()
+    sweep: SweepConfig = SweepConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 
 

@@ -1,0 +1,155 @@
+"""The ``camflow`` command: run, sweep, serve, show, config.
+
+User mistakes (a bad config key, a missing dataset or run) end in one line and a hint, exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.config import ConfigError, RunConfig, dump_config, load_config
+
+
+class UserError(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--set {pair!r} is not KEY=VALUE", "e.g. --set cams.methods=[cam,gradcam]")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    overrides = _overrides(args.set)
+    if args.output:
+        overrides["output"] = args.output
+    if args.run_id:
+        overrides["run_id"] = args.run_id
+    cfg = load_config(args.config, overrides)
+    if cfg.data.root and "://" not in cfg.data.root and not Path(cfg.data.root).exists():
+        raise UserError(f"dataset path {cfg.data.root} does not exist",
+                        "set data.root to the dataset folder, or data.kind: embedded")
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace, *, flow_name: str = "pipeline") -> int:
+    from flows import pipeline as pipeline_module
+
+    cfg = _config(args)
+    flow = getattr(pipeline_module, flow_name)
+    result = flow(cfg.model_dump(mode="json"))
+    _print_metrics(result["results"])
+    print(result["report"])
+    print(result["run_dir"])
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prefect import serve
+
+    cfg = _config(args)
+    serve(*deployments(cfg))
+    return 0
+
+
+def deployments(cfg: RunConfig) -> list[Any]:
+    """The nightly pipeline and an on-demand sweep, as Prefect deployments of this process."""
+    from flows.pipeline import pipeline, sweep
+
+    params = {"config": cfg.model_dump(mode="json")}
+    return [
+        pipeline.to_deployment(name=f"{cfg.name}-nightly", parameters=params,
+                               cron=cfg.schedule.cron, tags=["camflow"]),
+        sweep.to_deployment(name=f"{cfg.name}-sweep", parameters=params, tags=["camflow"]),
+    ]
+
+
+def _print_metrics(results: dict[Any, dict[str, Any]]) -> None:
+    from camflow.report import markdown_table, metrics_rows
+
+    print(markdown_table(metrics_rows({float(k): v for k, v in results.items()})))
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from camflow import report, storage
+    from camflow.data.manifest import read_manifest
+    from camflow.shards import ShardStore
+
+    run = args.run.rstrip("/")
+    metrics_uri = storage.join(run, "metrics.json")
+    if not storage.exists(metrics_uri):
+        raise UserError(f"no finished run at {storage.redact(run)} (metrics.json is missing)",
+                        "pass the run directory that `camflow run` printed last")
+    with storage.open_uri(metrics_uri) as f:
+        results = json.load(f)
+    _print_metrics(results)
+    manifest = read_manifest(storage.join(run, "manifests", f"{args.split}.parquet"))
+    image_ids = manifest["image_id"].to_pylist()[: args.images]
+    for proportion in results:
+        store = ShardStore(storage.join(run, "outputs"), f"p{float(proportion):g}")
+        methods = sorted({c.method for c in store.commits()} - {"decode"})
+        png = report.overlay_grid(store, methods, manifest, image_ids)
+        out = storage.join(run, f"show_p{float(proportion):g}.png")
+        storage.write_bytes(png, out)
+        print(f"overlays ({', '.join(methods)}): {out}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_config(_config(args)), end="")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="camflow", description="BroadCAM pipeline for WSSS and WSOL.")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("config", nargs="?", help="YAML config (default: the embedded benchmark)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set train.proportions=[0.05]")
+        p.add_argument("--output", help="output root (folder or s3://bucket/prefix)")
+        p.add_argument("--run-id", help="resume or name a run (default: <name>-<timestamp>)")
+        return p
+
+    with_config(sub.add_parser("run", help="run the pipeline once")).set_defaults(func=cmd_run)
+    with_config(sub.add_parser("sweep", help="proportions x methods comparison")).set_defaults(
+        func=lambda a: cmd_run(a, flow_name="sweep"))
+    with_config(sub.add_parser("serve", help="serve deployments with the configured cron schedule")
+                ).set_defaults(func=cmd_serve)
+    with_config(sub.add_parser("config", help="print the resolved config")).set_defaults(
+        func=cmd_config)
+    show = sub.add_parser("show", help="print a run's metrics and write overlay pictures")
+    show.add_argument("run", help="a run directory printed by `camflow run`")
+    show.add_argument("--split", default="val")
+    show.add_argument("--images", type=int, default=8)
+    show.set_defaults(func=cmd_show)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UserError) as err:
+        print(f"camflow: error: {err}\nhint: {err.hint}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

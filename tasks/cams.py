@@ -1,0 +1,63 @@
+"""Prefect task: stream seeds, pseudo masks and boxes of every method to Parquet (cluster layer)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from camflow import storage
+from camflow.bls import BLS
+from camflow.data.manifest import read_manifest
+from camflow.generate import CamMethod, GenerateOptions
+from cluster.connect import connect
+from cluster.generate import CheckpointModel, GenerationJob, run_generation
+from tasks.common import RETRIED
+
+
+def cam_methods(cams: dict[str, Any], bls_result: dict[str, Any] | None) -> tuple[CamMethod, ...]:
+    methods = []
+    for name in cams["methods"]:
+        if name == "broadcam":
+            if bls_result is None:
+                raise ValueError("broadcam needs a fitted BLS (the fit-broadcam stage)")
+            weights = BLS.load(bls_result["bls"]).coef_
+            methods.append(CamMethod(name, tuple(bls_result["layers"]), weights=weights))
+        elif name == "layercam":
+            methods.append(CamMethod(name, tuple(cams["multi_layers"])))
+        elif name == "recam":
+            methods.append(CamMethod(name, tuple(cams["layers"]), head_attr="recam_head"))
+        else:
+            methods.append(CamMethod(name, tuple(cams["layers"])))
+    return tuple(methods)
+
+
+# Not cached by inputs: the shard commit log already makes a rerun skip finished shards.
+@task(name="generate-cams", **RETRIED)
+def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str, Any],
+                  checkpoint: str, bls_result: dict[str, Any] | None, proportion: float,
+                  image_size: int, run_dir: str, cluster: dict[str, Any]) -> dict[str, Any]:
+    log = get_run_logger()
+    connect(cluster["address"])
+    options = GenerateOptions(
+        num_classes=prepared["num_classes"], image_size=image_size, scales=tuple(cams["scales"]),
+        flip=cams["flip"], seed_stride=cams["seed_stride"], batch_size=cams["batch_size"],
+        background="power" if post["bg_power"] else "constant",
+        bg_threshold=post["bg_threshold"] if post["bg_threshold"] is not None else 0.25,
+        bg_alpha=post["bg_power"] or 4.0, box_method=post["box_method"], box_tau=post["box_tau"],
+        box_percentile=post["box_percentile"],
+        components="all" if post["all_components"] else "largest")
+    job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=f"p{proportion:g}",
+                        methods=cam_methods(cams, bls_result), options=options,
+                        shard_size=cams["shard_size"])
+    started = time.monotonic()
+    manifest = read_manifest(prepared[f"{cams['split']}_manifest"])
+    result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster["workers"],
+                            use_gpu=cluster["use_gpu"], gpu_fraction=cluster["gpu_fraction"],
+                            cpus_per_worker=cluster["cpus_per_worker"])
+    seconds = time.monotonic() - started
+    log.info("proportion %g: %d shards (%d skipped), %d rejects, %.0f s", proportion,
+             result.shards_total, result.shards_skipped, result.rejects, seconds)
+    return {"metrics": result.metrics, "shards": result.shards_total, "rejects": result.rejects,
+            "outputs": job.output, "run_id": job.run_id, "seconds": seconds}

@@ -1,0 +1,18 @@
+"""What every camflow Prefect task shares: JSON results (never pickled) and input-keyed caching."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+# A rerun with the same inputs and the same task code reuses the finished stage's result.
+CACHED: dict[str, Any] = {
+    "cache_policy": INPUTS + TASK_SOURCE,
+    "cache_expiration": timedelta(days=30),
+    "persist_result": True,
+    "result_serializer": "json",
+}
+# Transient storage or cluster hiccups are retried; user mistakes fail fast on the first try.
+RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 30]}

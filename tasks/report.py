@@ -1,0 +1,53 @@
+"""Prefect task: the run report on disk and in the dashboard (artifacts)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from camflow import report, storage
+from camflow.data.manifest import read_manifest
+from camflow.shards import ShardStore
+from tasks.common import RETRIED
+
+
+def _artifact_key(run_dir: str, what: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    name = "".join(c if c.isalnum() else "-" for c in run_dir.rsplit("/", 1)[-1].lower())
+    return f"{name}-{what}".strip("-")[:100]
+
+
+@task(name="report", **RETRIED)
+def write_report(results: dict[float, dict[str, Any]], generated: dict[float, dict[str, Any]],
+                 prepared: dict[str, Any], methods: list[str], split: str, run_dir: str,
+                 overlay_images: int = 6, title: str = "camflow run") -> dict[str, str]:
+    log = get_run_logger()
+    manifest = read_manifest(prepared[f"{split}_manifest"])
+    image_ids = manifest["image_id"].to_pylist()[:overlay_images]
+    overlays = {}
+    for proportion, gen in sorted(generated.items()):
+        store = ShardStore(gen["outputs"], gen["run_id"])
+        overlays[f"p{proportion:g}"] = report.overlay_grid(store, methods, manifest, image_ids)
+    written = report.write_report(run_dir, results, overlays, title=title)
+
+    rows = report.metrics_rows(results)
+    create_table_artifact(key=_artifact_key(run_dir, "metrics"), table=rows,
+                          description=f"Seed, mask and box metrics of {storage.redact(run_dir)}")
+    comparison = {}
+    for row in rows:
+        comparison.setdefault(row["method"], {})[f"{row['proportion']:g}"] = row["seed_mIoU"]
+    create_table_artifact(key=_artifact_key(run_dir, "methods"),
+                          table=[{"method": m, **v} for m, v in comparison.items()],
+                          description="Seed mIoU per method (columns: training proportion)")
+    pictures = "\n\n".join(
+        f"### {name}\n\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
+        for name, png in overlays.items())
+    create_markdown_artifact(
+        key=_artifact_key(run_dir, "overlays"),
+        markdown=f"# {title}\n\n{report.markdown_table(rows)}\n\n{pictures}",
+        description="CAM seeds, pseudo masks and boxes on validation images")
+    log.info("report written to %s", storage.redact(written["report"]))
+    return written
