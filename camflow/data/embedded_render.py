@@ -112,10 +112,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         # Grayscale textures get a random tint so colour alone never tells objects apart.
         tint = np.array([rng.uniform(0.55, 1.0) for _ in range(3)], dtype=np.float32)
         bg = bg * tint
-    # Damp the texture so digits stay the most salient thing, but keep it clearly visible.
+    # Damp the texture so digits stay the most salient thing, but keep it clearly visible, and
+    # keep the ground darker than the (always light) digits: one polarity is faster to learn.
     mean = bg.mean(axis=(0, 1), keepdims=True)
     contrast = np.float32(rng.uniform(0.45, 0.8))
-    return mean + (bg - mean) * contrast
+    bg = mean + (bg - mean) * contrast
+    brightness = max(float(_luminance(bg).mean()), 0.05)
+    target = rng.uniform(0.12, 0.42)
+    return np.clip(bg * np.float32(target / brightness), 0.0, 1.0)
 
 
 def _is_gray(rgb: np.ndarray) -> bool:
@@ -129,6 +133,15 @@ def _random_colour(rng: np.random.Generator, bright: bool) -> tuple[float, float
     saturation = rng.uniform(0.0, 0.9)
     value = rng.uniform(0.8, 1.0) if bright else rng.uniform(0.0, 0.25)
     return colorsys.hsv_to_rgb(hue, saturation, value)
+
+
+def _legible_colour(rng: np.random.Generator, ground: float) -> np.ndarray:
+    """A light colour at least ~0.3 brighter than the ground (mixed towards white if needed)."""
+    colour = np.array(_random_colour(rng, bright=True), dtype=np.float32)
+    floor = min(ground + 0.3, 0.9)
+    while float(_luminance(colour)) < floor:
+        colour = colour * np.float32(0.7) + np.float32(0.3)
+    return colour
 
 
 def _draw_clutter(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
@@ -243,9 +256,7 @@ def render_image(rng: np.random.Generator, pool: DigitPool, size: int) -> Render
         y, x = where
         h, w = fg.shape
         region = image[y : y + h, x : x + w]
-        # Dark digits on light ground and light digits on dark ground: the shape is always legible.
-        ground = float(_luminance(region[fg]).mean())
-        colour = np.array(_random_colour(rng, bright=ground < 0.5), dtype=np.float32)
+        colour = _legible_colour(rng, ground=float(_luminance(region[fg]).mean()))
         shade = np.float32(0.8) + np.float32(0.2) * intensity[:, :, None]
         alpha = np.clip((intensity - np.float32(0.25)) / np.float32(0.3), 0, 1)[:, :, None]
         image[y : y + h, x : x + w] = region * (1 - alpha) + colour * shade * alpha
