@@ -45,29 +45,35 @@ class Solution:
     constant_features: np.ndarray  # (d,) bool
 
 
-def _ridge(gram: np.ndarray, rhs: np.ndarray, penalty: float) -> np.ndarray:
-    """Solve (gram + penalty I) w = rhs for a symmetric positive semi-definite ``gram``."""
-    system = gram + penalty * np.eye(gram.shape[0])
-    return linalg.solve(system, rhs, assume_a="pos", check_finite=False)
-
-
 def _standardised_ridge(
-    gram: np.ndarray, rhs: np.ndarray, n: int, alpha: float, constant: np.ndarray
+    gram: np.ndarray,
+    rhs: np.ndarray,
+    n: int,
+    alpha: float,
+    constant: np.ndarray,
+    *,
+    overwrite: bool = False,
 ) -> np.ndarray:
     """Ridge on centred columns with old ``normalize=True`` semantics, from their Gram matrix.
 
     Each column is scaled to its population std (norm / sqrt(n)), the penalty is ``alpha * n``,
     and the coefficients come back in the columns' own units. Columns flagged ``constant`` carry
-    no signal: they get coefficient 0 (never a division by a zero std).
+    no signal: they get coefficient 0 (never a division by a zero std). With ``overwrite`` the
+    d x d ``gram`` is used as workspace (d^2 floats are the memory this whole fit needs).
     """
     std = np.sqrt(np.clip(np.diag(gram), 0.0, None) / n)
     scale = np.where(constant, 1.0, std)
-    gram_s = gram / np.outer(scale, scale)
+    system = gram if overwrite else gram.copy()
+    system /= scale[:, None]
+    system /= scale[None, :]
+    system[constant, :] = 0.0
+    system[:, constant] = 0.0
+    system[np.diag_indices_from(system)] += alpha * n
     rhs_s = rhs / scale[:, None]
-    gram_s[constant, :] = 0.0
-    gram_s[:, constant] = 0.0
     rhs_s[constant, :] = 0.0
-    w = _ridge(gram_s, rhs_s, alpha * n) / scale[:, None]
+    # Cholesky: the system is symmetric positive definite (a Gram plus a positive ridge).
+    w = linalg.solve(system, rhs_s, assume_a="pos", overwrite_a=True, check_finite=False)
+    w /= scale[:, None]
     w[constant, :] = 0.0
     return w
 
@@ -108,7 +114,9 @@ def solve(moments: Moments, alpha: float, step: int, enhance: bool) -> Solution:
     std_x = np.sqrt(np.clip(np.diag(scatter_xx), 0.0, None) / n)
     constant = std_x <= _CONSTANT_RTOL * np.abs(mean_x)
     s = np.where(constant, 1.0, std_x)
-    gram_z = scatter_xx / np.outer(s, s)
+    gram_z = scatter_xx  # a fresh symmetric copy: standardised in place
+    gram_z /= s[:, None]
+    gram_z /= s[None, :]
     gram_z[constant, :] = 0.0
     gram_z[:, constant] = 0.0
     cross_zy = scatter_xy / s[:, None]
@@ -126,7 +134,12 @@ def solve(moments: Moments, alpha: float, step: int, enhance: bool) -> Solution:
     m = xi.shape[1]
     if m:
         gram_zh = gram_z @ xi
-        gram_a = np.block([[gram_z, gram_zh], [gram_zh.T, xi.T @ gram_zh]])
+        gram_a = np.empty((d + m, d + m))
+        gram_a[:d, :d] = gram_z
+        gram_a[:d, d:] = gram_zh
+        gram_a[d:, :d] = gram_zh.T
+        gram_a[d:, d:] = xi.T @ gram_zh
+        del gram_z
         cross_ay = np.vstack([cross_zy, xi.T @ cross_zy])
         # A node is constant when its features cancel exactly; compare with its weights' size.
         std_h = np.sqrt(np.clip(np.diag(gram_a)[d:], 0.0, None) / n)
@@ -135,7 +148,7 @@ def solve(moments: Moments, alpha: float, step: int, enhance: bool) -> Solution:
     else:
         gram_a, cross_ay, constant_a = gram_z, cross_zy, constant
 
-    w = _standardised_ridge(gram_a, cross_ay, n, alpha, constant_a)
+    w = _standardised_ridge(gram_a, cross_ay, n, alpha, constant_a, overwrite=True)
     w_z = w[:d] + xi @ w[d:]
     coef = w_z / s[:, None]
     coef[constant, :] = 0.0

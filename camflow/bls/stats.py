@@ -163,8 +163,9 @@ class Moments:
     @property
     def scatter_xx(self) -> np.ndarray:
         """sum (x - mean)(x - mean)^T, symmetric (d x d)."""
-        upper = np.triu(self._scatter_xx)
-        return upper + np.triu(upper, 1).T
+        out = np.triu(self._scatter_xx)
+        out += np.triu(out, 1).T
+        return out
 
     def _allocate(self, d: int, c: int) -> None:
         self.sum_x = np.zeros(d)
