@@ -61,7 +61,8 @@ class Capture:
 
     ``activations`` maps each requested layer name to the tensor its module returned during the
     most recent forward pass (when a module runs several times in one forward, the last output is
-    kept). Without ``retain_grad`` the tensors are detached; with it they stay in the autograd graph
+    kept). The model continues with a copy of that tensor, so in-place operations after the layer
+    (``ReLU(inplace=True)``) do not alter what was recorded. Without ``retain_grad`` the tensors are detached; with it they stay in the autograd graph
     so that ``gradients`` can differentiate through them.
     """
 
@@ -70,13 +71,16 @@ class Capture:
         self.retain_grad = retain_grad
         self.activations: dict[str, Tensor] = {}
 
-    def _record(self, name: str, output: object) -> None:
+    def _record(self, name: str, output: object) -> Tensor:
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"layer {name!r} returned {type(output).__name__}, not a Tensor; "
                 "choose a layer whose output is a single tensor"
             )
         self.activations[name] = output if self.retain_grad else output.detach()
+        # The rest of the model gets a copy: a later in-place op (a Conv followed by
+        # ReLU(inplace=True)) would otherwise overwrite the recorded output.
+        return output.clone()
 
     def gradients(
         self,

@@ -69,3 +69,23 @@ def test_gradients_need_retain_grad() -> None:
         out = net(torch.randn(1, 3, 8, 8))
         with pytest.raises(RuntimeError, match="retain_grad=True"):
             cap.gradients(out.sum())
+
+
+def test_later_inplace_ops_do_not_alter_the_recording() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(256, 2)
+    )
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want_out = net(x)
+    with capture(net, "0", retain_grad=True) as cap:
+        out = net(x)
+        (grad,) = cap.gradients(out[:, 0].sum()).values()
+    torch.testing.assert_close(out, want_out)
+    pre_relu = net[0](x).detach()
+    assert (pre_relu < 0).any()
+    torch.testing.assert_close(cap.activations["0"].detach(), pre_relu)
+    feat = pre_relu.clone().requires_grad_(True)
+    net[1:](feat.clone())[:, 0].sum().backward()
+    torch.testing.assert_close(grad, feat.grad)
