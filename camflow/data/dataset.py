@@ -95,4 +95,3 @@ class ManifestDataset(Dataset):
             "index": index,
             "image_id": image_id,
         }
-
