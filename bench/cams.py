@@ -1,9 +1,9 @@
 """CAM throughput on resnet50 (random init), batch 8, 224 px, this CPU: images/s and ratios.
 
     .venv/bin/python bench/cams.py            # full run (~5 min idle, ~20 min on 2 busy cores)
-    .venv/bin/python bench/cams.py --quick    # smoke run: resnet18, batch 2, 64 px
+    .venv/bin/python bench/cams.py --quick    # smoke: resnet18, batch 2, 64 px
 
-Measured in the same run, for K = 1, 3 and 20 classes per image (maps at image size, max-normalised):
+Measured in one run, for K = 1, 3 and 20 classes per image (maps at image size, max-normalised):
 - ``bare forward``: the model under no_grad, the baseline of every ratio;
 - camflow ``cam`` (one forward for all classes) and ``gradcam`` (one forward + one batched
   backward for all classes); ``gradcam-expand`` (the class-expanded batch: K forwards and
@@ -163,7 +163,8 @@ def main() -> None:
     cam_ratio = times["cam", k] / t_forward
     speedup = times["pytorch-grad-cam GradCAM", k] / times["gradcam", k]
     print(
-        f"\ntarget cam@{k} <= 1.15x forward: {cam_ratio:.2f}x {'MET' if cam_ratio <= 1.15 else 'MISSED'}"
+        f"\ntarget cam@{k} <= 1.15x forward: {cam_ratio:.2f}x "
+        f"{'MET' if cam_ratio <= 1.15 else 'MISSED'}"
     )
     print(
         f"target gradcam@{k} >= 5x faster than pytorch-grad-cam: {speedup:.1f}x "

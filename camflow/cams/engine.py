@@ -8,7 +8,7 @@ cheaper than resizing C channels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -111,9 +111,11 @@ def class_maps(
             cap, layer_names, spec.rectify_activations, images.shape[0]
         )
 
+    logits_of = _logits_in_caller_precision(model, images.device.type)
     with torch.autocast(images.device.type, enabled=False):
         inputs = MethodInputs(
             model=model,
+            logits_of=logits_of,
             images=images,
             classes=classes,
             layers=layer_names,
@@ -154,6 +156,18 @@ def _check_options(spec: MethodSpec, layers: tuple[str, ...], options: dict[str,
         raise ValueError(
             f"layers: {spec.name} reads the one layer its head pools, got {list(layers)}"
         )
+
+
+def _logits_in_caller_precision(model: nn.Module, device_type: str) -> Callable[[Tensor], Tensor]:
+    """A forward that restores the caller's autocast state inside the engine's float32 region."""
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def logits_of(x: Tensor) -> Tensor:
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return as_logits(model(x))
+
+    return logits_of
 
 
 def _device_of(model: nn.Module, images: Tensor) -> torch.device:

@@ -62,8 +62,9 @@ class Capture:
     ``activations`` maps each requested layer name to the tensor its module returned during the
     most recent forward pass (when a module runs several times in one forward, the last output is
     kept). The model continues with a copy of that tensor, so in-place operations after the layer
-    (``ReLU(inplace=True)``) do not alter what was recorded. Without ``retain_grad`` the tensors are detached; with it they stay in the autograd graph
-    so that ``gradients`` can differentiate through them.
+    (``ReLU(inplace=True)``) do not alter what was recorded. Without ``retain_grad`` the tensors
+    are detached; with it they stay in the autograd graph so that ``gradients`` can differentiate
+    through them.
     """
 
     def __init__(self, layers: Sequence[str], retain_grad: bool) -> None:

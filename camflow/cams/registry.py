@@ -32,9 +32,12 @@ class MethodInputs:
     ``gradients[layer]`` is ``[B, K, C, h, w]`` float32, d logit[b, classes[b, k]] / d A, present
     only for methods registered with ``gradients=True``. ``classes`` is ``[B, K]`` on the model's
     device; ``images`` are the (validated) inputs, for methods that run extra forward passes.
+    Rules run with autocast off, so their arithmetic is float32; ``logits_of(x)`` runs the model
+    on a batch the way the caller would have (under the caller's autocast) and returns its logits.
     """
 
     model: nn.Module
+    logits_of: Callable[[Tensor], Tensor]
     images: Tensor
     classes: Tensor
     layers: tuple[str, ...]

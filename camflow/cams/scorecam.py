@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camflow.cams.registry import MethodInputs, register_method
-from camflow.cams.validation import as_logits
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -39,7 +38,7 @@ def _channel_scores(inputs: MethodInputs, activations: Tensor, batch_size: int) 
         low = masks.amin(dim=(-2, -1), keepdim=True)
         high = masks.amax(dim=(-2, -1), keepdim=True)
         masks = (masks - low) / (high - low + 1e-8)
-        logits = as_logits(inputs.model(images[image_idx] * masks.to(images.dtype)))
+        logits = inputs.logits_of(images[image_idx] * masks.to(images.dtype))
         scores[image_idx, channel_idx] = logits.gather(1, classes[image_idx]).float()
     return scores
 

@@ -222,3 +222,23 @@ def test_multiscale_is_flip_equivariant() -> None:
     torch.testing.assert_close(maps.amax(dim=(-2, -1)), torch.ones(2, 2))
     sized = multiscale(model, images, "cam", "layer4", [3], size=(20, 30))
     assert sized.shape == (2, 1, 20, 30)
+
+
+def test_scorecam_masked_forwards_keep_the_callers_autocast() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    ).eval()
+    seen = []
+    model[-1].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    images = _images(size=16)
+    want = class_maps(model, images, "scorecam", "1", [0, 3])
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = class_maps(model, images, "scorecam", "1", [0, 3], batch_size=5)
+    assert set(seen) == {torch.bfloat16} and len(seen) == 1 + 3  # 1 forward + 12 masks / 5
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * want.abs().max().item())
