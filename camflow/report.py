@@ -89,7 +89,8 @@ def overlay_grid(store: ShardStore, methods: Sequence[str], manifest: pa.Table,
             row += [viz.overlay(image, cam=cam), viz.overlay(image, mask=mask, boxes=boxes)]
         rows.append(row)
         labels.append(image_id)
-    return viz.png_bytes(viz.grid(rows, row_labels=labels, cell=cell))
+    columns = ["image, true boxes"] + [f"{m} {what}" for m in methods for what in ("seed", "mask")]
+    return viz.png_bytes(viz.grid(rows, row_labels=labels, column_labels=columns, cell=cell))
 
 
 def write_report(run_dir: str, results: Mapping[float, Mapping[str, Any]],

@@ -41,18 +41,22 @@ def overlay(image: np.ndarray, *, cam: np.ndarray | None = None, mask: np.ndarra
 
 
 def grid(rows: Sequence[Sequence[Image.Image]], *, pad: int = 2,
-         row_labels: Sequence[str] | None = None, cell: int | None = None) -> Image.Image:
-    """Tiles pictures in rows (resized to ``cell`` px squares when given)."""
+         row_labels: Sequence[str] | None = None, column_labels: Sequence[str] | None = None,
+         cell: int | None = None) -> Image.Image:
+    """Tiles pictures in rows (resized to ``cell`` px squares when given), with optional labels."""
     rows = [[p.resize((cell, cell)) if cell else p for p in row] for row in rows]
     w = max(p.width for row in rows for p in row)
     h = max(p.height for row in rows for p in row)
     label_w = 90 if row_labels else 0
+    label_h = 16 if column_labels else 0
     columns = max(len(row) for row in rows)
-    sheet = Image.new("RGB", (label_w + columns * (w + pad) + pad, len(rows) * (h + pad) + pad),
-                      (30, 30, 30))
+    sheet = Image.new("RGB", (label_w + columns * (w + pad) + pad,
+                              label_h + len(rows) * (h + pad) + pad), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
+    for c, text in enumerate(column_labels or ()):
+        draw.text((label_w + pad + c * (w + pad) + 2, 2), text, fill=(230, 230, 230))
     for r, row in enumerate(rows):
-        y = pad + r * (h + pad)
+        y = label_h + pad + r * (h + pad)
         if row_labels:
             draw.text((4, y + h // 2 - 6), row_labels[r], fill=(230, 230, 230))
         for c, picture in enumerate(row):
