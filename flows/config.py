@@ -117,6 +117,7 @@ class ClusterConfig(Section):
     use_gpu: bool | None = Field(None, description="default: use GPUs when the cluster has them")
     gpu_fraction: float = Field(1.0, gt=0, le=1)
     cpus_per_worker: float = Field(1.0, gt=0)
+    dashboard: bool = Field(False, description="start Ray's dashboard with a local Ray (port 8265)")
 
 
 class SweepConfig(Section):

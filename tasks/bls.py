@@ -10,10 +10,9 @@ from prefect import get_run_logger, task
 from camflow import storage
 from camflow.data.manifest import read_manifest
 from camflow.data.subsets import take_subset
-from cluster.connect import connect
 from cluster.features import ManifestShard, fit_bls_distributed
 from cluster.generate import CheckpointModel
-from tasks.common import CACHED, RETRIED
+from tasks.common import CACHED, RETRIED, ray_for
 
 
 @task(name="fit-broadcam", **CACHED, **RETRIED)
@@ -21,7 +20,7 @@ def fit_broadcam(bls: dict[str, Any], prepared: dict[str, Any], checkpoint: str,
                  seed: int, image_size: int, run_dir: str, cluster: dict[str, Any],
                  shard_size: int = 256) -> dict[str, Any]:
     log = get_run_logger()
-    connect(cluster["address"])
+    ray_for(cluster)
     subset = take_subset(read_manifest(prepared["train_manifest"]), proportion, seed=seed).to_pylist()
     shards = [ManifestShard(subset[i:i + shard_size], prepared["num_classes"], size=image_size)
               for i in range(0, len(subset), shard_size)]

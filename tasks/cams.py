@@ -11,9 +11,8 @@ from camflow import storage
 from camflow.bls import BLS
 from camflow.data.manifest import read_manifest
 from camflow.generate import CamMethod, GenerateOptions
-from cluster.connect import connect
 from cluster.generate import CheckpointModel, GenerationJob, run_generation
-from tasks.common import RETRIED
+from tasks.common import RETRIED, ray_for
 
 
 def cam_methods(cams: dict[str, Any], bls_result: dict[str, Any] | None) -> tuple[CamMethod, ...]:
@@ -39,7 +38,7 @@ def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str
                   checkpoint: str, bls_result: dict[str, Any] | None, proportion: float,
                   image_size: int, run_dir: str, cluster: dict[str, Any]) -> dict[str, Any]:
     log = get_run_logger()
-    connect(cluster["address"])
+    ray_for(cluster)
     options = GenerateOptions(
         num_classes=prepared["num_classes"], image_size=image_size, scales=tuple(cams["scales"]),
         flip=cams["flip"], seed_stride=cams["seed_stride"], batch_size=cams["batch_size"],

@@ -7,6 +7,8 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
+from cluster.connect import ClusterInfo, connect
+
 # A rerun with the same inputs and the same task code reuses the finished stage's result.
 CACHED: dict[str, Any] = {
     "cache_policy": INPUTS + TASK_SOURCE,
@@ -16,3 +18,8 @@ CACHED: dict[str, Any] = {
 }
 # Transient storage or cluster hiccups are retried; user mistakes fail fast on the first try.
 RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 30]}
+
+
+def ray_for(cluster: dict[str, Any]) -> ClusterInfo:
+    """Join the configured Ray cluster, or start the local one, once per process."""
+    return connect(cluster["address"], dashboard=cluster.get("dashboard", False))

@@ -12,9 +12,8 @@ from camflow.data.manifest import read_manifest
 from camflow.models import read_checkpoint_meta
 from camflow.train import TrainConfig, train
 from camflow.train.data import manifest_datasets
-from cluster.connect import connect
 from cluster.train import train_distributed
-from tasks.common import CACHED
+from tasks.common import CACHED, ray_for
 
 
 def train_config(model: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
@@ -46,7 +45,7 @@ def train_classifier(model: dict[str, Any], training: dict[str, Any], data: dict
     started = time.monotonic()
     distributed = cluster["address"] or cluster["workers"] > 1 or cluster["use_gpu"]
     if distributed:
-        connect(cluster["address"])
+        ray_for(cluster)
         result = train_distributed(config, train_ds, val_ds, out_uri=out,
                                    classes=prepared["classes"], num_workers=cluster["workers"],
                                    use_gpu=cluster["use_gpu"],
