@@ -118,19 +118,36 @@ def recam(inputs: MethodInputs) -> dict[str, Tensor]:
     return {layer: _class_rows(inputs, "recam", auto_head=False)[inputs.classes]}
 
 
-def broadcam_matrix(weights: Any, depth: int) -> Tensor:
-    """BroadCAM's collapsed BLS weights as a ``[D, num_classes]`` tensor.
+def broadcam_matrix(weights: Any, layers: dict[str, int]) -> Tensor:
+    """BroadCAM's collapsed BLS weights as a ``[D, num_classes]`` tensor for ``layers``.
 
-    ``weights`` is a tensor/array ``[D, num_classes]`` or an object with a ``coef_`` attribute
-    (the fitted BLS). An array whose first axis is not D but whose second is, is read in
-    scikit-learn's ``[num_classes, D]`` layout and transposed.
+    ``layers`` maps each layer name to its channel count, in order; D is their sum. ``weights`` is
+    a tensor/array ``[D, num_classes]`` or a fitted estimator with ``coef_`` (``camflow.bls.BLS``
+    or any look-alike). An array whose first axis is not D but whose second is, is read in
+    scikit-learn's ``[num_classes, D]`` layout and transposed. An estimator that records the
+    layers it was fitted on (``feature_layout``: [(name, channels), ...]) must match ``layers``.
     """
+    depth = sum(layers.values())
     if weights is None:
         raise ValueError(
             "broadcam: needs weights= the fitted BLS (an object with coef_) or a "
             f"[D, num_classes] tensor, D = {depth} (the summed channels of the layers)"
         )
-    matrix = _as_matrix(getattr(weights, "coef_", weights), "weights")
+    if not isinstance(weights, (Tensor, np.ndarray)):
+        layout = getattr(weights, "feature_layout", None)
+        if layout and [(str(n), int(c)) for n, c in layout] != list(layers.items()):
+            raise ValueError(
+                f"broadcam: the BLS was fitted on layers {[tuple(x) for x in layout]} but the "
+                f"CAM reads {list(layers.items())}; use the same layers in the same order"
+            )
+        try:
+            weights = weights.coef_
+        except AttributeError as err:  # an unfitted estimator raises an AttributeError subclass
+            raise ValueError(
+                f"broadcam: weights {type(weights).__name__} has no coef_ ({err}); fit the BLS "
+                "first, or pass a [D, num_classes] tensor"
+            ) from err
+    matrix = _as_matrix(weights, "weights")
     if matrix.shape[0] != depth and matrix.shape[1] == depth:
         matrix = matrix.T
     if matrix.shape[0] != depth:
@@ -153,7 +170,7 @@ def broadcam(inputs: MethodInputs) -> dict[str, Tensor]:
     which is the same thing when the strides agree.
     """
     channels = [inputs.activations[name].shape[1] for name in inputs.layers]
-    matrix = broadcam_matrix(inputs.options.get("weights"), sum(channels))
+    matrix = broadcam_matrix(inputs.options.get("weights"), dict(zip(inputs.layers, channels)))
     check_class_range(inputs.classes, matrix.shape[1], "the BroadCAM weights")
     matrix = matrix.detach().to(device=inputs.classes.device, dtype=torch.float32)
     per_class = matrix.T[inputs.classes]  # [B, K, D]

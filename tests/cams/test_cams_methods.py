@@ -242,3 +242,33 @@ def test_scorecam_masked_forwards_keep_the_callers_autocast() -> None:
         got = class_maps(model, images, "scorecam", "1", [0, 3], batch_size=5)
     assert set(seen) == {torch.bfloat16} and len(seen) == 1 + 3  # 1 forward + 12 masks / 5
     torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * want.abs().max().item())
+
+
+def test_broadcam_with_a_fitted_camflow_bls() -> None:
+    from camflow.bls import BLS
+    from camflow.cams import capture
+
+    model, layers = _resnet(), ["layer3", "layer4"]
+    images = _images(batch=24, size=32, seed=5)
+    labels = (torch.rand(24, 3, generator=torch.Generator().manual_seed(6)) > 0.5).float()
+    with torch.no_grad(), capture(model, layers) as cap:
+        model(images)
+    pooled = torch.cat([cap.activations[n].relu().mean(dim=(-2, -1)) for n in layers], dim=1)
+    bls = BLS(alpha=50.0, enhance=False).fit(pooled.double().numpy(), labels.numpy())
+    bls.feature_layout = [("layer3", 256), ("layer4", 512)]
+
+    got = class_maps(model, images[:2], "broadcam", layers, [0, 2], weights=bls)
+    want = class_maps(
+        model, images[:2], "broadcam", layers, [0, 2], weights=torch.from_numpy(bls.coef_)
+    )
+    torch.testing.assert_close(got, want)
+    # At 32 px layer4 is 1x1, so resizing it to layer3's 2x2 keeps its mean: the spatial mean of
+    # the signed map is then exactly the BLS score without its intercept.
+    scores = bls.predict(pooled[:2].double().numpy()) - bls.intercept_
+    torch.testing.assert_close(
+        got.mean(dim=(-2, -1)), torch.from_numpy(scores[:, [0, 2]]).float(), rtol=1e-4, atol=1e-4
+    )
+    with pytest.raises(ValueError, match=r"fitted on layers \[\('layer3', 256\)"):
+        class_maps(model, images[:2], "broadcam", ["layer4", "layer3"], [0], weights=bls)
+    with pytest.raises(ValueError, match=r"broadcam: weights BLS has no coef_"):
+        class_maps(model, images[:2], "broadcam", layers, [0], weights=BLS())
