@@ -11,6 +11,7 @@ against both. The machine load average is printed, since shared CPUs inflate the
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = type(getattr(TrainConfig(), key))(value) if value not in ("True", "False") \
-            else value == "True"
+        try:
+            overrides[key] = json.loads(value.lower() if value in ("True", "False") else value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a plain string such as a schedule name
 
     rows = []
     for proportion in args.proportions:
