@@ -150,3 +150,18 @@ def test_fit_starts_over_and_new_data_drops_the_old_solution() -> None:
     assert rel_err(bls.coef_, BLS(alpha=1.0, step=2).fit(X, Y).coef_) == 0.0
     bls.partial_fit(X[:10], Y[:10])
     assert not bls.is_fitted and not hasattr(bls, "coef_")
+
+
+def test_the_tensor_reduction_used_for_accelerator_features_matches_numpy() -> None:
+    # partial_fit reduces tensors that live on an accelerator with torch on that device; the same
+    # code runs here on a CPU tensor handed straight to the statistics.
+    from camflow.bls.stats import Moments
+
+    X, Y = make_data(700, 16, 3, seed=10, offset=100.0)
+    host, device_path = Moments(), Moments()
+    host.update(X, Y.astype(np.float64), block_rows=256)
+    device_path.update(torch.from_numpy(X), Y.astype(np.float64), block_rows=256)
+    assert device_path.n == host.n == 700
+    np.testing.assert_allclose(device_path.scatter_xx, host.scatter_xx, rtol=1e-12)
+    np.testing.assert_allclose(device_path.scatter_xy, host.scatter_xy, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(device_path.sum_x, host.sum_x, rtol=1e-13)
