@@ -445,6 +445,21 @@ def test_prefect_parameters_are_valid_run_configs(prefect_raw, flows_by_entrypoi
         assert flow.validate_parameters(filled) == filled
 
 
+def test_prefect_pull_steps_change_into_camflow_home(prefect_raw, tmp_path, monkeypatch):
+    """The worker runs the pull steps with its own environment: CAMFLOW_HOME picks the code."""
+    from prefect.utilities.importtools import import_object
+    from prefect.utilities.templating import apply_values
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAMFLOW_HOME", str(ROOT))
+    for step in prefect_raw["pull"]:
+        # what prefect.deployments.steps.core.run_step does, minus the API look-ups
+        (fqn, inputs), = step.items()
+        import_object(fqn)(**apply_values(inputs, os.environ))
+    assert Path.cwd() == ROOT
+    assert all((ROOT / e.partition(":")[0]).is_file() for e in FLOW_NAMES)
+
+
 def test_compose_stack(compose_doc, env_example):
     assert compose_problems(compose_doc, env_example) == []
 
