@@ -475,6 +475,26 @@ def test_compose_camflow_config_is_in_the_image_and_valid(compose_doc):
     assert dockerignore_allows(str(local.relative_to(ROOT)), DOCKERIGNORE.read_text().split())
 
 
+def test_container_commands_parse_as_camflow_invocations(compose_doc):
+    """What the compose service and the image's default CMD pass to the camflow entrypoint."""
+    from flows import cli
+
+    serve = cli.parser().parse_args(compose_doc["services"]["camflow"]["command"])
+    assert serve.func is cli.cmd_serve and serve.output.startswith("s3://")
+    cmd = [rest for word, rest in dockerfile_instructions(DOCKERFILE.read_text()) if word == "CMD"]
+    with pytest.raises(SystemExit) as exc:  # --help prints usage and exits 0
+        cli.parser().parse_args(json.loads(cmd[-1]))
+    assert exc.value.code == 0
+
+
+def test_locked_torch_is_a_cuda_build_on_linux():
+    """The image's GPU story: uv.lock's Linux torch pulls the CUDA 13 runtime wheels."""
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    torch = next(p for p in lock["package"] if p["name"] == "torch")
+    linux = {d["name"] for d in torch.get("dependencies", []) if "linux" in d.get("marker", "")}
+    assert {"nvidia-cudnn-cu13", "nvidia-nccl-cu13"} <= linux
+
+
 def test_dockerfile(env_example):
     text = DOCKERFILE.read_text()
     assert dockerfile_problems(text) == []
