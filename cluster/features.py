@@ -190,7 +190,9 @@ def fit_bls_distributed(
     options = actor_options(use_gpu=use_gpu, num_cpus=num_cpus_per_worker)
     device = device or ("cuda" if options["num_gpus"] else "cpu")
     threads = num_threads or torch_threads_for(num_cpus_per_worker)
-    remote = ray.remote(FeatureWorker).options(**options)
+    # A worker that dies is restarted and its shard re-run; sums merge only when a shard's task
+    # returns, so a retried shard is never counted twice.
+    remote = ray.remote(FeatureWorker).options(max_restarts=2, max_task_retries=2, **options)
     workers = [remote.remote(model_factory, layers, device=device, num_threads=threads)
                for _ in range(min(num_workers, len(shards)))]
     pool = ray.util.ActorPool(workers)
