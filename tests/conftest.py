@@ -8,6 +8,9 @@ import tempfile
 # Prefect reads its settings at import time: isolate its home and keep it offline before any import.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="camflow-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+# Test tensors are tiny: one intra-op thread is faster than two contending ones. Training and the
+# Ray workers set their own thread counts explicitly.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
