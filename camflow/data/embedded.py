@@ -43,7 +43,7 @@ CLASSES: tuple[str, ...] = (
     "nine",
 )
 # Bump whenever the rendering changes: an old build with the same parameters is then rebuilt.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STAMP = "camflow_embedded.json"
 FREQUENCIES = "class_frequencies.json"
 CONTACT_SHEET = "contact_sheet.png"
