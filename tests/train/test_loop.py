@@ -96,3 +96,22 @@ def test_empty_training_set_is_refused(tmp_path, squares) -> None:
     with pytest.raises(ValueError, match="validation set is empty"):
         train(_config(), squares(16), torch.utils.data.Subset(squares(4), []), out_uri=str(tmp_path),
               num_classes=3)
+
+
+def test_only_the_chief_validates_and_writes(tmp_path, squares) -> None:
+    from camflow.train import Runtime
+
+    reports, wrapped = [], []
+    runtime = Runtime(device="cpu", rank=1, world_size=2, report=reports.append,
+                      prepare_model=lambda m: wrapped.append(m) or m)
+    result = train(_config(epochs=2, eval_every=2), squares(16), squares(8, seed=1),
+                   out_uri=str(tmp_path / "worker"), runtime=runtime)
+    assert [r["epoch"] for r in reports] == [0, 1] and "mAP" not in reports[1]
+    assert len(wrapped) == 1 and result.best_epoch == -1
+    assert not (tmp_path / "worker").exists()
+
+
+def test_eval_every_skips_validation_but_not_the_last_epoch(tmp_path, squares) -> None:
+    result = train(_config(epochs=3, eval_every=2), squares(16), squares(8, seed=1),
+                   out_uri=str(tmp_path / "run"))
+    assert ["mAP" in h for h in result.history] == [False, True, True]
