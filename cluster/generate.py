@@ -26,6 +26,7 @@ import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 from torch import nn
+from tqdm import tqdm
 
 from camflow import generate as gen
 from camflow import storage
@@ -180,8 +181,12 @@ def run_generation(
     cpus_per_worker: float = 1.0,
     lease_ttl: float = 120.0,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
 ) -> GenerationResult:
-    """Generate every shard not yet committed under ``job.output``/``job.run_id``; merge metrics."""
+    """Generate every shard not yet committed under ``job.output``/``job.run_id``; merge metrics.
+
+    ``progress`` shows a bar of committed shards on stderr (for terminals).
+    """
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call cluster.connect.connect() first")
     if job.storage_options is None:
@@ -199,9 +204,20 @@ def run_generation(
             log.info("run %s: %d shards, %d already committed", job.run_id, len(shards),
                      len(shards) - len(todo))
             if todo:
-                _stream(job, todo, model_factory, workers=workers, use_gpu=use_gpu,
-                        gpu_fraction=gpu_fraction, cpus_per_worker=cpus_per_worker,
-                        on_shard=on_shard)
+                bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
+                           desc=f"seeds {job.run_id}", disable=not progress)
+
+                def committed(row: dict[str, Any]) -> None:
+                    bar.update(1)
+                    if on_shard is not None:
+                        on_shard(row)
+
+                try:
+                    _stream(job, todo, model_factory, workers=workers, use_gpu=use_gpu,
+                            gpu_fraction=gpu_fraction, cpus_per_worker=cpus_per_worker,
+                            on_shard=committed)
+                finally:
+                    bar.close()
         finally:
             stop.set()
             renewer.join()

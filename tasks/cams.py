@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -54,7 +55,8 @@ def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str
     manifest = read_manifest(prepared[f"{cams['split']}_manifest"])
     result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster["workers"],
                             use_gpu=cluster["use_gpu"], gpu_fraction=cluster["gpu_fraction"],
-                            cpus_per_worker=cluster["cpus_per_worker"])
+                            cpus_per_worker=cluster["cpus_per_worker"],
+                            progress=sys.stderr.isatty())
     seconds = time.monotonic() - started
     log.info("proportion %g: %d shards (%d skipped), %d rejects, %.0f s", proportion,
              result.shards_total, result.shards_skipped, result.rejects, seconds)
