@@ -120,7 +120,7 @@ class TrainConfig:
         channels_last. Smaller proportions get proportionally more epochs (up to 5x) so they
         see more updates, validated about five times per run.
         """
-        base_epochs = 20
+        base_epochs = 12
         epochs = int(math.ceil(base_epochs * min(1.0 / proportion, 5.0))) if proportion > 0 else base_epochs
         preset: dict[str, Any] = dict(
             model="resnet18",
@@ -134,7 +134,7 @@ class TrainConfig:
             batch_size=16,
             optimizer="adamw",
             lr=2e-3,
-            weight_decay=1e-4,
+            weight_decay=0.05,  # the 100 % run overfits (train loss << val loss) without it
             schedule="onecycle",
             channels_last=True,
             proportion=proportion,
