@@ -78,7 +78,8 @@ def load_state_dict_file(uri: str) -> dict[str, torch.Tensor]:
         return load_safetensors(data)
     import io
 
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    buffer = io.BytesIO(data)
+    state = torch.load(buffer, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
