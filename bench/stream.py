@@ -1,12 +1,18 @@
 """Streaming CAM generation to object storage: end-to-end against forward-only, 1 and 2 actors.
 
-    .venv/bin/python bench/stream.py [--images 256] [--methods cam gradcam] [--scales 1.0]
+    .venv/bin/python bench/stream.py [--images 256] [--workload demo light] [--workers 1 2]
 
-For each actor count it runs, on the same Ray actors and shards:
+For each workload and actor count it runs, on actors sized the same way and the same shards:
 - forward-only: the CAM workers compute every method's maps from pre-decoded shards; nothing
   is post-processed or written (the model's share of the work);
 - end-to-end: decode -> CAM workers -> seeds, pseudo masks, boxes and metrics -> Parquet on a
   moto S3 server, with commit markers (cluster.generate.run_generation).
+Workloads: ``demo`` is what ``make demo`` generates (broadcam, cam, gradcam, layercam at scales
+1, 0.5, 1.5); ``light`` is the cheapest useful one (cam and gradcam at one scale), where the
+model's share is smallest and post-processing and I/O weigh most.
+Throughput is measured in steady state, from the moment every actor has returned its first
+shard to the last shard (actor start-up is printed apart). moto runs as its own process, as
+object storage does in production: in-process it would share the driver's GIL.
 It prints images/s, MB/s written, bytes per image per table, and end-to-end / forward-only
 throughput (target >= 0.7: I/O and post-processing overlap with compute instead of adding to it).
 """
@@ -17,6 +23,7 @@ import argparse
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +44,7 @@ from camflow.data.voc import read_voc  # noqa: E402
 from camflow.generate import CamMethod, GenerateOptions, class_maps  # noqa: E402
 from camflow.models import build, save_checkpoint  # noqa: E402
 from camflow.shards import ShardStore  # noqa: E402
-from cluster.connect import connect, torch_threads_for  # noqa: E402
+from cluster.connect import connect, torch_threads_for, worker_cpus  # noqa: E402
 from cluster.generate import (  # noqa: E402
     CheckpointModel,
     GenerationJob,
@@ -64,55 +71,116 @@ class ForwardOnly:
         return {"shard": list(batch["shard"])}
 
 
-def forward_only(job, decoded_rows, factory, workers: int) -> float:
+def steady_rate(times: list[float], started: float, shard_images: list[int], workers: int
+                ) -> tuple[float, float]:
+    """(images/s after every actor returned its first shard, seconds until then)."""
+    order = sorted(zip(times, shard_images))
+    warm = min(workers, len(order) - 1)
+    t0 = order[warm - 1][0] if warm else started
+    images = sum(n for _, n in order[warm:])
+    return images / max(order[-1][0] - t0, 1e-9), t0 - started
+
+
+def forward_only(job, decoded_rows, factory, workers: int) -> tuple[float, float]:
+    """Steady-state images/s of the CAM actors alone, sized exactly as run_generation sizes them."""
     import ray.data
 
+    cpus = worker_cpus(workers)
     ds = ray.data.from_items(decoded_rows, override_num_blocks=len(decoded_rows))
     ds = ds.map_batches(
         ForwardOnly, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={"factory": factory, "methods": job.methods,
-                               "options": job.options, "num_threads": torch_threads_for(1)},
-        num_cpus=1,
+                               "options": job.options, "num_threads": torch_threads_for(cpus)},
+        num_cpus=cpus,
     )
+    sizes = {row["shard"]: len(json.loads(row["meta"])) for row in decoded_rows}
+    started, times, images = time.perf_counter(), [], []
+    for row in ds.iter_rows():
+        times.append(time.perf_counter())
+        images.append(sizes[row["shard"]])
+    _wait_for_free_cpus()
+    return steady_rate(times, started, images, workers)
+
+
+def end_to_end(job, manifest, factory, workers: int) -> tuple[float, float]:
+    """Steady-state images/s of run_generation: decode, CAMs, post-processing, S3 commits."""
+    sizes = {shard: len(records) for shard, records in plan_shards(manifest, job.shard_size)}
+    times, images = [], []
+
+    def committed(row):
+        times.append(time.perf_counter())
+        images.append(sizes[row["shard"]])
+
     started = time.perf_counter()
-    for _ in ds.iter_rows():
-        pass
-    return time.perf_counter() - started
+    run_generation(job, manifest, factory, workers=workers, on_shard=committed)
+    _wait_for_free_cpus()
+    return steady_rate(times, started, images, workers)
 
 
-def start_moto() -> str:
-    import logging
+def _wait_for_free_cpus(timeout: float = 60.0) -> None:
+    """The next run must not start while the previous run's actors still hold CPUs."""
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the previous run's actors did not release their CPUs")
+        time.sleep(0.2)
 
-    from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+def start_moto() -> subprocess.Popen:
+    """A moto S3 server in its own process; the environment points camflow at it."""
+    import boto3
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
+                               "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(CAMFLOW_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="bench",
                       AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
-    import boto3
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.create_bucket(Bucket="bench")
+            return server
+        except Exception:  # noqa: BLE001 - the server is still starting
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.2)
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
-    return endpoint
+
+def workload(name: str, num_classes: int, feature_dim: int) -> tuple[tuple[CamMethod, ...], GenerateOptions]:
+    if name == "demo":
+        # broadcam's weights come from a fitted BLS; random ones cost exactly the same.
+        weights = np.random.default_rng(0).standard_normal((num_classes, feature_dim)).astype(np.float32)
+        methods = (CamMethod("broadcam", ("stage4", "stage5"), weights=weights),
+                   CamMethod("cam", ("stage5",)), CamMethod("gradcam", ("stage5",)),
+                   CamMethod("layercam", ("stage4", "stage5")))
+        scales = (1.0, 0.5, 1.5)
+    elif name == "light":
+        methods = (CamMethod("cam", ("stage5",)), CamMethod("gradcam", ("stage5",)))
+        scales = (1.0,)
+    else:
+        raise ValueError(f"unknown workload {name!r}: demo or light")
+    return methods, GenerateOptions(num_classes=num_classes, image_size=112, scales=scales,
+                                    flip=False, batch_size=16)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--methods", nargs="+", default=["cam", "gradcam"])
-    parser.add_argument("--scales", nargs="+", type=float, default=[1.0])
-    parser.add_argument("--shard-size", type=int, default=32)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--workload", nargs="+", default=["demo", "light"])
+    parser.add_argument("--shard-size", type=int, default=64, help="the pipeline default")
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--checkpoint", help="a trained checkpoint (default: random resnet18)")
-    parser.add_argument("--quick", action="store_true", help="64 images, 1 actor")
+    parser.add_argument("--quick", action="store_true", help="64 images, 1 actor, light")
     args = parser.parse_args()
     if args.quick:
-        args.images, args.workers = 64, [1]
+        args.images, args.workers, args.workload = 64, [1], ["light"]
 
     work = Path(tempfile.mkdtemp(prefix="camflow-bench-stream-"))
     root = embedded.build(work / "data", train=0, val=args.images)
@@ -122,45 +190,47 @@ def main() -> int:
         torch.manual_seed(0)
         ckpt = str(work / "model.safetensors")
         save_checkpoint(build("resnet18", len(embedded.CLASSES)), ckpt, {})
-    start_moto()
+    moto = start_moto()
     connect(num_cpus=os.cpu_count())
-    options = GenerateOptions(num_classes=len(embedded.CLASSES), image_size=112,
-                              scales=tuple(args.scales), flip=False, batch_size=16)
-    methods = tuple(CamMethod(m, ("stage4", "stage5") if m == "layercam" else ("stage5",))
-                    for m in args.methods)
     factory = CheckpointModel(ckpt)
     shards = plan_shards(manifest, args.shard_size)
     decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, None) for s, r in shards]
 
-    print(f"\n{len(manifest)} images of 112 px, methods {args.methods}, scales {args.scales}, "
-          f"shards of {args.shard_size}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    header = (f"{'actors':>6} {'fwd img/s':>10} {'e2e img/s':>10} {'e2e/fwd':>8} {'MB/s':>7} "
-              + " ".join(f"{t + ' B/img':>13}" for t in ("seeds", "masks", "boxes")))
+    print(f"\n{len(manifest)} images of 112 px in shards of {args.shard_size}, "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    header = (f"{'workload':>8} {'actors':>6} {'fwd img/s':>10} {'e2e img/s':>10} {'e2e/fwd':>8} "
+              f"{'MB/s':>7} {'start s':>7} " + " ".join(f"{t + ' B/img':>13}" for t in TABLES))
     rows = []
-    for workers in args.workers:
-        job = GenerationJob(output=f"s3://bench/w{workers}", run_id="bench", methods=methods,
-                            options=options, shard_size=args.shard_size)
-        fwd = forward_only(job, decoded, factory, workers)
-        started = time.perf_counter()
-        run_generation(job, manifest, factory, workers=workers)
-        e2e = time.perf_counter() - started
-        store = ShardStore(job.output, job.run_id)
-        table_bytes = {t: 0 for t in ("seeds", "masks", "boxes")}
-        for commit in store.commits():
-            for table, info in commit.files.items():
-                if table in table_bytes:
-                    table_bytes[table] += info["bytes"]
-        n = len(manifest)
-        per_image = {t: b / n / len(methods) for t, b in table_bytes.items()}
-        rows.append(f"{workers:>6} {n / fwd:>10.1f} {n / e2e:>10.1f} {fwd / e2e:>8.2f} "
-                    f"{sum(table_bytes.values()) / e2e / 1e6:>7.3f} "
-                    + " ".join(f"{per_image[t]:>13.0f}" for t in ("seeds", "masks", "boxes")))
+    try:
+        for name in args.workload:
+            methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
+            for workers in args.workers:
+                job = GenerationJob(output=f"s3://bench/{name}-w{workers}", run_id="bench",
+                                    methods=methods, options=options, shard_size=args.shard_size)
+                fwd, _ = forward_only(job, decoded, factory, workers)
+                e2e, startup = end_to_end(job, manifest, factory, workers)
+                store = ShardStore(job.output, job.run_id)
+                table_bytes = dict.fromkeys(TABLES, 0)
+                for commit in store.commits():
+                    for table, info in commit.files.items():
+                        if table in table_bytes:
+                            table_bytes[table] += info["bytes"]
+                n = len(manifest)
+                per_image = {t: b / n / len(methods) for t, b in table_bytes.items()}
+                rows.append(f"{name:>8} {workers:>6} {fwd:>10.2f} {e2e:>10.2f} {e2e / fwd:>8.2f} "
+                            f"{sum(table_bytes.values()) / n * e2e / 1e6:>7.3f} {startup:>7.1f} "
+                            + " ".join(f"{per_image[t]:>13.0f}" for t in TABLES))
+                print(rows[-1], flush=True)
+    finally:
+        moto.kill()
     print(header)
     print("\n".join(rows))
-    print("(bytes per image are per method; e2e/fwd >= 0.70 is the target)")
+    print("(steady state; bytes per image are per method; e2e/fwd >= 0.70 is the target)")
     ray.shutdown()
     return 0
 
+
+TABLES = ("seeds", "masks", "boxes")
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

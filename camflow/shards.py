@@ -126,6 +126,12 @@ class ShardStore:
         self.run_id = _check_name("run id", run_id)
         self.storage_options = dict(storage_options or {})
         self.fs, self._root_path = storage.resolve(self.root, self.storage_options)
+        self._folders: set[str] = set()  # made already: on object stores each check is a request
+
+    def _makedirs(self, folder: str) -> None:
+        if folder not in self._folders:
+            self.fs.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
 
     # -- paths -------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -197,14 +203,14 @@ class ShardStore:
         marker = self.marker_path(method, shard)
 
         def put_marker() -> None:
-            self.fs.makedirs(marker.rsplit("/", 1)[0], exist_ok=True)
+            self._makedirs(marker.rsplit("/", 1)[0])
             self.fs.pipe_file(marker, record.to_json())
 
         with_retries(put_marker, what=f"commit shard {shard}")
         return record
 
     def _put_then_move(self, folder: str, tmp: str, payload: bytes, final: str) -> None:
-        self.fs.makedirs(folder, exist_ok=True)
+        self._makedirs(folder)
         self.fs.pipe_file(tmp, payload)
         self.fs.mv(tmp, final)
 

@@ -71,3 +71,22 @@ def actor_options(
 def torch_threads_for(num_cpus: float) -> int:
     """Threads a worker's torch should use: its CPU share (Ray would otherwise force one)."""
     return max(1, int(num_cpus))
+
+
+def worker_cpus(workers: int, requested: float | None = None) -> float:
+    """CPUs each of ``workers`` compute actors reserves: ``requested``, or a fair share.
+
+    The default shares a one-node Ray's CPUs evenly among the workers (two actors on two cores
+    get one each; one actor gets both), and is 1 on a multi-node cluster, whose config sizes it.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if requested is not None:
+        if not requested > 0:
+            raise ValueError(f"cpus_per_worker must be positive, got {requested}")
+        return float(requested)
+    if not ray.is_initialized():
+        return 1.0
+    if sum(1 for node in ray.nodes() if node.get("Alive")) != 1:
+        return 1.0
+    return max(1.0, float(int(ray.cluster_resources().get("CPU", 1.0) // workers)))

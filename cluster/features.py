@@ -30,7 +30,7 @@ from camflow.bls import BLS
 from camflow.data.dataset import ManifestDataset
 from camflow.data.rejects import Rejects
 from camflow.features import accumulate, default_layers, feature_tables
-from cluster.connect import actor_options, torch_threads_for
+from cluster.connect import actor_options, torch_threads_for, worker_cpus
 
 __all__ = ["FeatureWorker", "ManifestShard", "ShardSums", "fit_bls_distributed"]
 
@@ -170,7 +170,7 @@ def fit_bls_distributed(
     step: int = 256,
     enhance: bool = True,
     device: str | None = None,
-    num_cpus_per_worker: float = 1.0,
+    num_cpus_per_worker: float | None = None,
     num_threads: int | None = None,
     features_uri: str | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -187,14 +187,16 @@ def fit_bls_distributed(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     use_gpu = device.startswith("cuda") if device else None
-    options = actor_options(use_gpu=use_gpu, num_cpus=num_cpus_per_worker)
+    workers_wanted = min(num_workers, len(shards))
+    cpus = worker_cpus(workers_wanted, num_cpus_per_worker)
+    options = actor_options(use_gpu=use_gpu, num_cpus=cpus)
     device = device or ("cuda" if options["num_gpus"] else "cpu")
-    threads = num_threads or torch_threads_for(num_cpus_per_worker)
+    threads = num_threads or torch_threads_for(cpus)
     # A worker that dies is restarted and its shard re-run; sums merge only when a shard's task
     # returns, so a retried shard is never counted twice.
     remote = ray.remote(FeatureWorker).options(max_restarts=2, max_task_retries=2, **options)
     workers = [remote.remote(model_factory, layers, device=device, num_threads=threads)
-               for _ in range(min(num_workers, len(shards)))]
+               for _ in range(workers_wanted)]
     pool = ray.util.ActorPool(workers)
     names = [f"shard-{i:05d}" for i in range(len(shards))]
     bls = BLS(alpha=alpha, step=step, enhance=enhance)

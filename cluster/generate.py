@@ -33,7 +33,7 @@ from camflow import storage
 from camflow.data.rejects import REJECTS_SCHEMA
 from camflow.models.checkpoint import load_checkpoint
 from camflow.shards import ShardStore
-from cluster.connect import actor_options, torch_threads_for
+from cluster.connect import actor_options, torch_threads_for, worker_cpus
 
 log = logging.getLogger("camflow.cluster")
 
@@ -47,8 +47,17 @@ class GenerationJob:
     methods: tuple[gen.CamMethod, ...]
     options: gen.GenerateOptions
     shard_size: int = 64
+    # Per method key: the constant background score of its pseudo masks (else options').
+    bg_thresholds: dict[str, float] = field(default_factory=dict)
     # Credentials may live here: never printed.
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+
+    def options_for(self, method: gen.CamMethod) -> gen.GenerateOptions:
+        threshold = self.bg_thresholds.get(method.key)
+        if threshold is None:
+            return self.options
+        return dataclasses.replace(self.options, bg_threshold=threshold)
 
 
 @dataclass
@@ -145,19 +154,81 @@ class CamWorker:
         return out
 
 
-def _finish_stage(row: dict[str, Any], job: GenerationJob) -> dict[str, Any]:
-    store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+def _finish_stage(row: dict[str, Any], job: GenerationJob,
+                  store: ShardStore | None = None) -> dict[str, Any]:
+    store = store or ShardStore(job.output, job.run_id, storage_options=job.storage_options)
     images = _unpack_images(row["images"], row["meta"])
     summary = {}
     for method in job.methods:
         maps = _unpack_maps(row["maps"], method.key, len(images))
-        tables, metrics = gen.shard_outputs(images, maps, job.options)
+        tables, metrics = gen.shard_outputs(images, maps, job.options_for(method))
         store.commit(method.key, row["shard"], tables,
                      extra={"metrics": gen.metrics_to_json(metrics), "images": len(images)})
         summary[method.key] = tables["seeds"].num_rows
     rejects = pa.Table.from_pylist(json.loads(row["rejects"]), schema=REJECTS_SCHEMA)
     store.commit(DECODE, row["shard"], {"rejects": rejects})
     return {"shard": row["shard"], "rejects": rejects.num_rows, "seeds": json.dumps(summary)}
+
+
+class Decoder:
+    """The decode stage as a long-lived actor: no process start and imports per shard."""
+
+    def __init__(self, storage_options: dict[str, Any] | None) -> None:
+        self.storage_options = storage_options
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return _decode_stage(row, self.storage_options)
+
+
+class Finisher:
+    """Post-processing and commits as a long-lived actor that keeps its storage connections."""
+
+    def __init__(self, job: GenerationJob) -> None:
+        self.job = job
+        self.store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        return _finish_stage(row, self.job, self.store)
+
+
+def _calibrate_task(records: str, model_factory: Callable[[], nn.Module],
+                    methods: Sequence[gen.CamMethod], options: gen.GenerateOptions,
+                    num_threads: int, storage_options: dict[str, Any] | None) -> str:
+    torch.set_num_threads(num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = model_factory().eval().to(device)
+    images, _ = gen.decode_records(json.loads(records), storage_options=storage_options)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        best = {m.key: gen.best_bg_threshold(model, images, m, options) for m in methods}
+    return json.dumps({key: value for key, value in best.items() if value is not None})
+
+
+def calibrate_bg_thresholds(
+    job: GenerationJob,
+    records: Sequence[dict[str, Any]],
+    model_factory: Callable[[], nn.Module],
+    *,
+    use_gpu: bool | None = None,
+    cpus: float | None = None,
+) -> dict[str, float]:
+    """Per method, the background score at which its seeds score best on ``records`` (images
+    with masks, typically a few training images), computed by one Ray task.
+
+    Methods without a usable mask among ``records`` are left out (they keep the job's default).
+    """
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised: call cluster.connect.connect() first")
+    cpus = worker_cpus(1, cpus)
+    opts = actor_options(use_gpu=use_gpu, num_cpus=cpus)
+    task = ray.remote(_calibrate_task).options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
+                                               max_retries=2)
+    storage_options = job.storage_options
+    if storage_options is None and records:
+        storage_options = storage.options_for(str(records[0]["uri"]))
+    found = ray.get(task.remote(json.dumps(list(records), default=_json_default), model_factory,
+                                tuple(job.methods), job.options, torch_threads_for(cpus),
+                                storage_options))
+    return json.loads(found)
 
 
 # -- driver ---------------------------------------------------------------------------------------
@@ -178,13 +249,15 @@ def run_generation(
     workers: int = 1,
     use_gpu: bool | None = None,
     gpu_fraction: float = 1.0,
-    cpus_per_worker: float = 1.0,
+    cpus_per_worker: float | None = None,
     lease_ttl: float = 120.0,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
 ) -> GenerationResult:
     """Generate every shard not yet committed under ``job.output``/``job.run_id``; merge metrics.
 
+    Each of the ``workers`` CAM actors reserves ``cpus_per_worker`` CPUs (default: a fair share of
+    a one-node Ray, see cluster.connect.worker_cpus) and runs that many torch threads.
     ``progress`` shows a bar of committed shards on stderr (for terminals).
     """
     if not ray.is_initialized():
@@ -225,26 +298,36 @@ def run_generation(
 
 
 def _stream(job: GenerationJob, todo, model_factory, *, workers: int, use_gpu: bool | None,
-            gpu_fraction: float, cpus_per_worker: float, on_shard) -> None:
+            gpu_fraction: float, cpus_per_worker: float | None, on_shard) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    opts = actor_options(use_gpu=use_gpu, gpu_fraction=gpu_fraction, num_cpus=cpus_per_worker)
+    cpus = worker_cpus(workers, cpus_per_worker)
+    opts = actor_options(use_gpu=use_gpu, gpu_fraction=gpu_fraction, num_cpus=cpus)
+    # Decoding and writing reserve no CPU: the CAM actors may take every core without starving
+    # them (a reserved fraction deadlocks a machine whose CPUs the actors hold), and they overlap
+    # with compute. They are small actor pools rather than tasks: a task's worker process that
+    # goes idle is reaped, and restarting one (imports, storage connections) costs seconds.
+    def io_pool(size: int) -> dict[str, Any]:
+        return {"num_cpus": 0, "compute": ray.data.ActorPoolStrategy(size=size)}
+
     items = [{"shard": s, "records": json.dumps(recs, default=_json_default)} for s, recs in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(_decode_stage, fn_kwargs={"storage_options": job.storage_options}, num_cpus=0.25)
+    ds = ds.map(Decoder, fn_constructor_kwargs={"storage_options": job.storage_options},
+                **io_pool(1))
     ds = ds.map_batches(
         CamWorker, batch_size=1, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
         fn_constructor_kwargs={
             "model_factory": model_factory, "methods": job.methods, "options": job.options,
-            "num_threads": torch_threads_for(cpus_per_worker), "use_gpu": opts["num_gpus"] > 0,
+            "num_threads": torch_threads_for(cpus), "use_gpu": opts["num_gpus"] > 0,
         },
+        # Ray Data restarts a dead actor and retries its shard by default (max_restarts=-1,
+        # max_task_retries=-1); tests/cluster pin that a killed worker loses nothing.
         num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
-        max_restarts=-1, max_task_retries=-1,
     )
-    ds = ds.map(_finish_stage, fn_kwargs={"job": job}, num_cpus=0.25)
+    ds = ds.map(Finisher, fn_constructor_kwargs={"job": job}, **io_pool(workers))
     for row in ds.iter_rows():
         log.info("committed %s", row["shard"])
         if on_shard is not None:
@@ -264,5 +347,8 @@ def collect(store: ShardStore, job: GenerationJob, *, shards_total: int,
                               rejects=store.read("rejects", DECODE).num_rows)
     for method in job.methods:
         parts = [gen.metrics_from_json(c.extra["metrics"]) for c in store.commits(method.key)]
-        result.metrics[method.key] = gen.summarize(gen.merge_metrics(parts))
+        summary = gen.summarize(gen.merge_metrics(parts))
+        if summary:
+            summary["mask_bg_threshold"] = job.options_for(method).bg_threshold
+        result.metrics[method.key] = summary
     return result

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from camflow import storage
 from camflow.train import TrainConfig, TrainResult
 from camflow.train.loop import BEST_CHECKPOINT, HISTORY, Runtime, train
+from cluster.connect import worker_cpus
 
 __all__ = ["train_distributed"]
 
@@ -68,7 +69,7 @@ def train_distributed(
     num_classes: int | None = None,
     num_workers: int = 1,
     use_gpu: bool | None = None,
-    cpus_per_worker: float = 1.0,
+    cpus_per_worker: float | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train with Ray Train's TorchTrainer (DDP over ``num_workers``); same result as ``train``.
@@ -86,6 +87,7 @@ def train_distributed(
         connect()
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cpus_per_worker = worker_cpus(num_workers, cpus_per_worker)
     loop_config = {
         "config": config.to_dict(),
         "threads": max(1, math.floor(cpus_per_worker)),

@@ -101,10 +101,11 @@ class CamsConfig(Section):
 
 class PostprocessConfig(Section):
     bg_threshold: float | None = Field(
-        None, ge=0, le=1, description="constant background score; default: the best of the seed sweep"
-    )
+        None, ge=0, le=1, description="constant background score; default: per method, the best "
+        "of the seed sweep on calibration_images training images with masks (else 0.25)")
+    calibration_images: int = Field(64, ge=1, description="training images that choose bg_threshold")
     bg_power: float | None = Field(None, gt=0, description="use (1 - max)^power instead")
-    crf: bool = False
+    crf: bool = Field(False, description="refine pseudo masks with a dense CRF (slow on CPU)")
     box_method: Literal["max", "pas"] = "max"
     box_tau: float = Field(0.2, gt=0, le=1)
     box_percentile: float = Field(90.0, gt=0, le=100)
@@ -116,7 +117,9 @@ class ClusterConfig(Section):
     workers: int = Field(1, ge=1)
     use_gpu: bool | None = Field(None, description="default: use GPUs when the cluster has them")
     gpu_fraction: float = Field(1.0, gt=0, le=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs (and torch threads) per actor; default: a one-node Ray's "
+        "CPUs shared among the workers, 1 on a multi-node cluster")
     dashboard: bool = Field(False, description="start Ray's dashboard with a local Ray (port 8265)")
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.connect import actor_options, connect, torch_threads_for
+from cluster.connect import actor_options, connect, torch_threads_for, worker_cpus
 
 
 @pytest.mark.slow
@@ -18,3 +18,19 @@ def test_actor_options_cpu_and_fractional_gpu():
     with pytest.raises(ValueError, match="gpu_fraction"):
         actor_options(use_gpu=True, gpu_fraction=0)
     assert torch_threads_for(2.0) == 2 and torch_threads_for(0.5) == 1
+
+
+@pytest.mark.slow
+def test_worker_cpus_share_a_one_node_ray(ray_session):
+    cpus = ray_session.cluster_resources()["CPU"]
+    assert worker_cpus(1) == cpus
+    assert worker_cpus(2) == max(1.0, cpus // 2)
+    assert worker_cpus(int(cpus) + 1) == 1.0  # never below one CPU: Ray queues the extra actor
+    assert worker_cpus(2, 0.5) == 0.5
+
+
+def test_worker_cpus_rejects_nonsense():
+    with pytest.raises(ValueError, match="workers"):
+        worker_cpus(0)
+    with pytest.raises(ValueError, match="cpus_per_worker"):
+        worker_cpus(1, 0)
