@@ -27,7 +27,7 @@ from camflow.data.images import BadImageError, load_rgb
 from camflow.data.masks import load_mask
 from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
 from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, seed_rows
-from camflow.postprocess import class_boxes, encode_label_png, pseudo_mask
+from camflow.postprocess import class_boxes, crf_from_labels, encode_label_png, pseudo_mask
 
 METRICS = {"seed": SeedSweep, "mask": SegConfusion, "box": BoxAccuracy, "pixel": PixelAP}
 
@@ -76,6 +76,7 @@ class GenerateOptions:
     box_tau: float = 0.2
     box_percentile: float = 90.0
     components: Literal["largest", "all"] = "largest"
+    crf: bool = False  # refine pseudo masks with a dense CRF on the image (IRN's label CRF)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def decode_records(
     for rec in records:
         image_id, uri = str(rec["image_id"]), str(rec["uri"])
         try:
-            pixels = np.asarray(load_rgb(uri, storage_options))
+            pixels = np.array(load_rgb(uri, storage_options))  # writable: torch and the CRF want it
             gt = None
             if rec.get("mask_uri"):
                 gt = load_mask(rec["mask_uri"], storage_options)
@@ -167,17 +168,16 @@ def shard_outputs(
     for im, m in zip(images, maps):
         own = torch.from_numpy(m.astype(np.float32))
         h, w = own.shape[-2:]
-        full = np.zeros((c, h, w), np.float32)
-        full[im.labels] = own.numpy()
-        hot = np.zeros(c, np.float32)
-        hot[im.labels] = 1
+        full, hot = _all_classes(im, own.numpy(), c)
         seeds.append(seed_rows(im.image_id, im.labels, own, stride=opts.seed_stride,
                                scales=scales or opts.scales))
         mask = pseudo_mask(full, hot, background=opts.background, threshold=opts.bg_threshold,
                            alpha=opts.bg_alpha, image_id=im.image_id)
+        if opts.crf:
+            mask = _crf_refine(im, mask)
         masks.append({"image_id": im.image_id, "height": h, "width": w,
                       "mask_png": encode_label_png(mask, name=im.image_id),
-                      "bg_threshold": opts.bg_threshold, "crf": False})
+                      "bg_threshold": opts.bg_threshold, "crf": opts.crf})
         found = class_boxes(full, hot, tau=opts.box_tau, method=opts.box_method,
                             percentile=opts.box_percentile, components=opts.components,
                             image_id=im.image_id)
@@ -193,6 +193,42 @@ def shard_outputs(
         "boxes": pa.Table.from_pylist(boxes, schema=BOXES_SCHEMA),
     }
     return tables, metrics
+
+
+def _crf_refine(im: DecodedImage, mask: np.ndarray) -> np.ndarray:
+    """The pseudo mask after a dense CRF over background and the image's own classes."""
+    values = np.array([0, *(k + 1 for k in im.labels)])  # sorted: labels are sorted
+    compact = np.searchsorted(values, mask)
+    refined = crf_from_labels(im.pixels, compact, len(values), name=im.image_id)
+    return values[refined].astype(mask.dtype)
+
+
+def _all_classes(im: DecodedImage, own: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Maps of the image's own classes placed among all classes (zeros elsewhere), and its labels."""
+    full = np.zeros((num_classes, *own.shape[-2:]), np.float32)
+    full[im.labels] = own
+    hot = np.zeros(num_classes, np.float32)
+    hot[im.labels] = 1
+    return full, hot
+
+
+def best_bg_threshold(model: nn.Module, images: Sequence[DecodedImage], method: CamMethod,
+                      opts: GenerateOptions) -> float | None:
+    """The constant background score at which ``method``'s seeds reach their best mIoU on
+    ``images``, scored against their masks (None when none has one).
+
+    Pseudo masks made with that score are the seeds at their best threshold; choosing it on a few
+    training images keeps the evaluated split out of the choice.
+    """
+    scored = [im for im in images if im.gt_mask is not None]
+    if not scored:
+        return None
+    sweep = SeedSweep(opts.num_classes)
+    for im, own in zip(scored, class_maps(model, scored, method, opts)):
+        full, hot = _all_classes(im, own.astype(np.float32), opts.num_classes)
+        sweep.update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
+    result = sweep.compute()
+    return float(result["best_threshold"]) if np.isfinite(result["best_mIoU"]) else None
 
 
 def _update_metrics(metrics: dict[str, Any], im: DecodedImage, full: np.ndarray,

@@ -23,7 +23,7 @@ from camflow.outputs import dequantize_seed
 from camflow.postprocess import decode_label_png
 from camflow.shards import ShardStore
 
-HEADLINE = ("seed_mIoU", "seed_best_threshold", "mask_mIoU", "MaxBoxAccV2", "PxAP")
+HEADLINE = ("seed_mIoU", "seed_best_threshold", "mask_mIoU", "mask_bg_threshold", "MaxBoxAccV2", "PxAP")
 
 
 def _fmt(value: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any
@@ -12,7 +13,12 @@ from camflow import storage
 from camflow.bls import BLS
 from camflow.data.manifest import read_manifest
 from camflow.generate import CamMethod, GenerateOptions
-from cluster.generate import CheckpointModel, GenerationJob, run_generation
+from cluster.generate import (
+    CheckpointModel,
+    GenerationJob,
+    calibrate_bg_thresholds,
+    run_generation,
+)
 from tasks.common import RETRIED, ray_for
 
 
@@ -33,6 +39,17 @@ def cam_methods(cams: dict[str, Any], bls_result: dict[str, Any] | None) -> tupl
     return tuple(methods)
 
 
+def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
+               post: dict[str, Any], cluster: dict[str, Any]) -> dict[str, float]:
+    """Per method, the best background score on the first training images that have masks."""
+    train = read_manifest(prepared["train_manifest"])
+    with_masks = [r for r in train.to_pylist() if r.get("mask_uri")][: post["calibration_images"]]
+    if not with_masks:
+        return {}
+    return calibrate_bg_thresholds(job, with_masks, CheckpointModel(checkpoint),
+                                   use_gpu=cluster["use_gpu"], cpus=cluster["cpus_per_worker"])
+
+
 # Not cached by inputs: the shard commit log already makes a rerun skip finished shards.
 @task(name="generate-cams", **RETRIED)
 def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str, Any],
@@ -47,11 +64,15 @@ def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str
         bg_threshold=post["bg_threshold"] if post["bg_threshold"] is not None else 0.25,
         bg_alpha=post["bg_power"] or 4.0, box_method=post["box_method"], box_tau=post["box_tau"],
         box_percentile=post["box_percentile"],
-        components="all" if post["all_components"] else "largest")
+        components="all" if post["all_components"] else "largest", crf=post["crf"])
     job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=f"p{proportion:g}",
                         methods=cam_methods(cams, bls_result), options=options,
                         shard_size=cams["shard_size"])
     started = time.monotonic()
+    if post["bg_threshold"] is None and not post["bg_power"]:
+        job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, post,
+                                                                cluster))
+        log.info("pseudo-mask background scores: %s", job.bg_thresholds or "none calibrated")
     manifest = read_manifest(prepared[f"{cams['split']}_manifest"])
     result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster["workers"],
                             use_gpu=cluster["use_gpu"], gpu_fraction=cluster["gpu_fraction"],

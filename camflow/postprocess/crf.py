@@ -55,7 +55,8 @@ def _check_image(image, shape: tuple[int, int], name: str) -> np.ndarray:
         )
     if img.dtype != np.uint8:
         raise ValueError(f"{name}: expected uint8 RGB, got dtype {img.dtype}")
-    return np.ascontiguousarray(img)
+    # pydensecrf wants a writable buffer; images decoded from PIL or shipped by Ray are read-only.
+    return np.require(img, requirements=("C", "W"))
 
 
 def _infer(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ from camflow.data.voc import read_voc
 from camflow.generate import CamMethod, GenerateOptions
 from camflow.models import build, save_checkpoint
 from camflow.shards import RunInUseError, ShardStore, table_digest
-from cluster.generate import CheckpointModel, GenerationJob, run_generation
+from cluster.generate import CheckpointModel, GenerationJob, calibrate_bg_thresholds, run_generation
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,31 @@ def test_local_run_writes_every_table_once_and_rejects_bad_images(ray_session, d
     again = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]))
     assert again.shards_skipped == 6 and again.metrics == result.metrics
     _check_exactly_once(store, dataset["manifest"])
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_share_the_cpus_and_every_stage_gets_scheduled(ray_session, dataset, tmp_path):
+    # Both actors together hold every CPU of the session's Ray; decoding and writing reserve
+    # none, so they still run (a fractional CPU reservation here used to wait forever).
+    assert ray_session.cluster_resources()["CPU"] == 2
+    result = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]),
+                            workers=2)
+    assert result.shards_total == 6 and result.rejects == 2
+    _check_exactly_once(ShardStore(str(tmp_path), "r1"), dataset["manifest"])
+
+
+def test_calibrated_background_scores_reach_the_masks(ray_session, dataset, tmp_path):
+    good = [r for r in dataset["manifest"].to_pylist() if r["image_id"] not in ("missing", "corrupt")]
+    job = _job(str(tmp_path))
+    found = calibrate_bg_thresholds(job, good[:8], CheckpointModel(dataset["ckpt"]))
+    assert set(found) == {"cam", "gradcam"} and all(0 <= t <= 1 for t in found.values())
+    job = dataclasses.replace(job, bg_thresholds=found)
+    result = run_generation(job, dataset["manifest"].slice(0, 8), CheckpointModel(dataset["ckpt"]))
+    store = ShardStore(str(tmp_path), "r1")
+    for method, threshold in found.items():
+        used = store.read("masks", method)["bg_threshold"].to_pylist()  # float32 column
+        assert len(used) == 8 and used == pytest.approx([threshold] * 8, abs=1e-6)
+        assert result.metrics[method]["mask_bg_threshold"] == threshold
 
 
 def test_interrupted_run_resumes_to_the_same_dataset(ray_session, dataset, tmp_path):
