@@ -31,6 +31,17 @@ def _read_split(data: dict[str, Any], root: str, split: str, rejects: Rejects) -
     raise ValueError(f"unknown data.kind {kind!r}")
 
 
+def _classes(table: pa.Table, data: dict[str, Any], root: str) -> list[str]:
+    names = class_names(table)
+    if names:
+        return names
+    if data["kind"] == "embedded":
+        return list(embedded.CLASSES)
+    source = data["manifest"] if data["kind"] == "manifest" else root
+    raise ValueError(f"the {data['kind']} dataset {storage.redact(str(source))} names no classes: "
+                     "its manifest needs class names (camflow.data.manifest.with_classes adds them)")
+
+
 @task(name="prepare-data", **CACHED, **RETRIED)
 def prepare_data(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Manifests of the train and val splits (URIs), class names, and how many were rejected."""
@@ -50,7 +61,8 @@ def prepare_data(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
             storage.write_table(rejects.to_table(), storage.join(run_dir, "rejects", f"{split}.parquet"))
             log.warning("%d %s records rejected (see rejects/%s.parquet)", len(rejects), split, split)
         out[split_key.replace("_split", "_manifest")] = uri
-        out.setdefault("classes", class_names(table) or list(embedded.CLASSES))
+        if "classes" not in out:
+            out["classes"] = _classes(table, data, root)
         out["rejects"][split] = len(rejects)
         log.info("%s: %d images", split, table.num_rows)
     out["num_classes"] = len(out["classes"])
