@@ -7,8 +7,8 @@ For each workload and actor count it runs, on actors sized the same way and the 
   is post-processed or written (the model's share of the work);
 - end-to-end: decode -> CAM workers -> seeds, pseudo masks, boxes and metrics -> Parquet on a
   moto S3 server, with commit markers (cluster.generate.run_generation).
-Workloads: ``demo`` is what ``make demo`` generates (broadcam, cam, gradcam, layercam at scales
-1, 0.5, 1.5); ``light`` is the cheapest useful one (cam and gradcam at one scale), where the
+Workloads: ``demo`` is what ``make demo`` generates (broadcam, cam, gradcam, layercam at the
+demo's scales, flows/demo.py); ``light`` is the cheapest useful one (cam and gradcam at one scale), where the
 model's share is smallest and post-processing and I/O weigh most.
 Throughput is measured in steady state, from the moment every actor has returned its first
 shard to the last shard (actor start-up is printed apart). moto runs as its own process, as
@@ -53,6 +53,7 @@ from cluster.generate import (  # noqa: E402
     plan_shards,
     run_generation,
 )
+from flows.demo import DEMO  # noqa: E402
 
 
 class ForwardOnly:
@@ -160,7 +161,8 @@ def workload(name: str, num_classes: int, feature_dim: int) -> tuple[tuple[CamMe
         methods = (CamMethod("broadcam", ("stage4", "stage5"), weights=weights),
                    CamMethod("cam", ("stage5",)), CamMethod("gradcam", ("stage5",)),
                    CamMethod("layercam", ("stage4", "stage5")))
-        scales = (1.0, 0.5, 1.5)
+        assert [m.name for m in methods] == DEMO["cams"]["methods"]
+        scales = tuple(DEMO["cams"]["scales"])
     elif name == "light":
         methods = (CamMethod("cam", ("stage5",)), CamMethod("gradcam", ("stage5",)))
         scales = (1.0,)
