@@ -52,7 +52,6 @@ class GenerationJob:
     # Credentials may live here: never printed.
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
-
     def options_for(self, method: gen.CamMethod) -> gen.GenerateOptions:
         threshold = self.bg_thresholds.get(method.key)
         if threshold is None:
@@ -139,13 +138,21 @@ class CamWorker:
             model = model.to(memory_format=torch.channels_last)
         self.model, self.methods, self.options = model, list(methods), options
 
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def best_bg_thresholds(self, images: Sequence[gen.DecodedImage]) -> dict[str, float]:
+        """Per method, the background score of its best seeds on ``images`` (those with masks)."""
+        with self._autocast():
+            best = {m.key: gen.best_bg_threshold(self.model, images, m, self.options)
+                    for m in self.methods}
+        return {key: value for key, value in best.items() if value is not None}
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "images": [], "meta": [], "rejects": [], "maps": []}
         for i in range(len(batch["shard"])):
             images = _unpack_images(batch["images"][i], batch["meta"][i])
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                                      enabled=self.device.type == "cuda")
-            with autocast:
+            with self._autocast():
                 maps = {m.key: gen.class_maps(self.model, images, m, self.options)
                         for m in self.methods}
             for key in ("shard", "images", "meta", "rejects"):
@@ -193,14 +200,10 @@ class Finisher:
 
 def _calibrate_task(records: str, model_factory: Callable[[], nn.Module],
                     methods: Sequence[gen.CamMethod], options: gen.GenerateOptions,
-                    num_threads: int, storage_options: dict[str, Any] | None) -> str:
-    torch.set_num_threads(num_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model_factory().eval().to(device)
+                    num_threads: int, use_gpu: bool, storage_options: dict[str, Any] | None) -> str:
+    worker = CamWorker(model_factory, methods, options, num_threads, use_gpu)
     images, _ = gen.decode_records(json.loads(records), storage_options=storage_options)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        best = {m.key: gen.best_bg_threshold(model, images, m, options) for m in methods}
-    return json.dumps({key: value for key, value in best.items() if value is not None})
+    return json.dumps(worker.best_bg_thresholds(images))
 
 
 def calibrate_bg_thresholds(
@@ -227,7 +230,7 @@ def calibrate_bg_thresholds(
         storage_options = storage.options_for(str(records[0]["uri"]))
     found = ray.get(task.remote(json.dumps(list(records), default=_json_default), model_factory,
                                 tuple(job.methods), job.options, torch_threads_for(cpus),
-                                storage_options))
+                                opts["num_gpus"] > 0, storage_options))
     return json.loads(found)
 
 
