@@ -89,4 +89,4 @@ def worker_cpus(workers: int, requested: float | None = None) -> float:
         return 1.0
     if sum(1 for node in ray.nodes() if node.get("Alive")) != 1:
         return 1.0
-    return max(1.0, float(int(ray.cluster_resources().get("CPU", 1.0) // workers)))
+    return max(1.0, ray.cluster_resources().get("CPU", 1.0) // workers)

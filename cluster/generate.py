@@ -351,7 +351,8 @@ def collect(store: ShardStore, job: GenerationJob, *, shards_total: int,
     for method in job.methods:
         parts = [gen.metrics_from_json(c.extra["metrics"]) for c in store.commits(method.key)]
         summary = gen.summarize(gen.merge_metrics(parts))
-        if summary:
-            summary["mask_bg_threshold"] = job.options_for(method).bg_threshold
+        options = job.options_for(method)
+        if summary and options.background == "constant":  # a (1 - max)^alpha background has none
+            summary["mask_bg_threshold"] = options.bg_threshold
         result.metrics[method.key] = summary
     return result

@@ -10,7 +10,6 @@ under each worker.
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 from camflow import storage
 from camflow.train import TrainConfig, TrainResult
 from camflow.train.loop import BEST_CHECKPOINT, HISTORY, Runtime, train
-from cluster.connect import worker_cpus
+from cluster.connect import torch_threads_for, worker_cpus
 
 __all__ = ["train_distributed"]
 
@@ -90,7 +89,7 @@ def train_distributed(
     cpus_per_worker = worker_cpus(num_workers, cpus_per_worker)
     loop_config = {
         "config": config.to_dict(),
-        "threads": max(1, math.floor(cpus_per_worker)),
+        "threads": torch_threads_for(cpus_per_worker),
         "train_dataset": train_dataset,
         "val_dataset": val_dataset,
         "out_uri": out_uri,

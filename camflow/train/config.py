@@ -118,8 +118,9 @@ class TrainConfig:
         Tuned to reach val mAP >= 0.90 on 100 % of the 2000 training images within minutes on a
         2-core CPU: reduced resolution, AdamW with a OneCycle schedule, channels_last. Batches
         of 32 cost 0.74x the CPU time per image of batches of 16 and reach the same mAP
-        (bench/train_quality.py: 0.935 in 191 s against 0.931 in 271 s). Smaller proportions get proportionally more epochs (up to 5x) so they
-        see more updates, validated about five times per run.
+        (bench/train_quality.py: 0.935 in 191 s against 0.931 in 271 s). Smaller proportions
+        get proportionally more epochs (up to 5x) so they see more updates, validated about five
+        times per run.
         """
         base_epochs = 12
         epochs = int(math.ceil(base_epochs * min(1.0 / proportion, 5.0))) if proportion > 0 else base_epochs
