@@ -6,9 +6,11 @@ Layout under an output root (local path or ``s3://bucket/prefix``)::
     _commits/run={run_id}/method={method}/{shard}.json         one marker per committed shard
     _runs/run={run_id}/lease.json                              who is writing this run
 
-A shard's files are first written under names starting with ``_`` (which pyarrow, pandas and
-duckdb skip when they list a folder), moved to their final names, and only then is the marker
-written. The marker is the commit: :meth:`ShardStore.read` returns only files named by markers,
+A shard's files are written first and its marker last. On a local disk each file is written
+under a name starting with ``_`` (which pyarrow, pandas and duckdb skip when they list a folder)
+and renamed, so a half-written file is never visible; on an object store one PUT is already all
+or nothing, so the file goes straight to its final key (a move there is three more requests:
+head, copy, delete). The marker is the commit: :meth:`ShardStore.read` returns only files named by markers,
 a rerun skips shards that have a marker, and a shard redone after a crash lands on the same
 paths, so nothing is ever doubled.
 """
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from camflow import storage
 
@@ -189,13 +192,10 @@ class ShardStore:
         for name, table in tables.items():
             _check_name("table", name)
             final = self.data_path(name, method, shard)
-            folder, base = final.rsplit("/", 1)
-            tmp = f"{folder}/_{base}.{uuid.uuid4().hex}.tmp"
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd")
             payload = sink.getvalue()
-
-            with_retries(lambda a=(folder, tmp, payload, final): self._put_then_move(*a),
+            with_retries(lambda a=(final, payload): self._put_whole(*a),
                          what=f"write {name} shard {shard}")
             files[name] = {"path": final, "rows": table.num_rows, "bytes": len(payload),
                            "sha256": table_digest(table)}
@@ -209,8 +209,14 @@ class ShardStore:
         with_retries(put_marker, what=f"commit shard {shard}")
         return record
 
-    def _put_then_move(self, folder: str, tmp: str, payload: bytes, final: str) -> None:
+    def _put_whole(self, final: str, payload: bytes) -> None:
+        """Write ``payload`` so that ``final`` is absent or complete, never partial."""
+        folder, base = final.rsplit("/", 1)
         self._makedirs(folder)
+        if not isinstance(self.fs, LocalFileSystem):
+            self.fs.pipe_file(final, payload)
+            return
+        tmp = f"{folder}/_{base}.{uuid.uuid4().hex}.tmp"
         self.fs.pipe_file(tmp, payload)
         self.fs.mv(tmp, final)
 

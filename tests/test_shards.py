@@ -116,3 +116,27 @@ def test_s3_commit_and_read(object_store):
     again = ShardStore(f"{object_store}/out", "r1")
     assert again.committed("cam") == {"shard-00000", "shard-00001"}
     assert again.read("boxes").num_rows == 6
+
+
+def test_object_store_files_go_straight_to_their_keys(object_store, monkeypatch):
+    # One PUT is all-or-nothing on S3: no temporary key, no move (a move is head + copy + delete).
+    store = ShardStore(f"{object_store}/direct", "r1")
+
+    def no_move(*args, **kwargs):
+        raise AssertionError("an object store commit must not move files")
+
+    monkeypatch.setattr(store.fs, "mv", no_move)
+    _write(store, range(1))
+    assert store.read("boxes").num_rows == 3
+    keys = store.fs.find(f"{store._root_path}/boxes")
+    assert [k.rsplit("/", 1)[1] for k in keys] == ["shard-00000.parquet"]
+
+
+def test_local_files_are_renamed_into_place(tmp_path, monkeypatch):
+    store = ShardStore(str(tmp_path), "r1")
+    moved = []
+    real_mv = store.fs.mv
+    monkeypatch.setattr(store.fs, "mv", lambda a, b, **kw: (moved.append((a, b)), real_mv(a, b, **kw)))
+    _write(store, range(1))
+    assert [b.rsplit("/", 1)[1] for _, b in moved] == ["shard-00000.parquet"] * 2
+    assert all(a.rsplit("/", 1)[1].startswith("_") for a, _ in moved)
