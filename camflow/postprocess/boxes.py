@@ -7,9 +7,10 @@ Thresholds:
 - ``"max"`` (classic CAM): keep pixels with cam > tau * max(cam), tau = 0.2 by default;
 - ``"pas"`` (percentile as a standard, Bae et al.): cam > tau * percentile_p(cam), p = 90.
 
-Components are 8-connected; a component's box is the bounding rectangle of its outer contour
-(OpenCV's contour tracer, which is what keeps a 101-threshold sweep fast). "Largest" means the
-largest area enclosed by the outer contour, as wsolevaluation and rethinkingCAM choose it.
+Components are 8-connected (every one, also a component lying in another's hole); a component's
+box is its bounding rectangle. "Largest" means the largest area enclosed by the outer contour
+(OpenCV's contour tracer), as wsolevaluation and rethinkingCAM choose it. A sweep over many
+thresholds finds every threshold's components in one union-find pass (``components``).
 """
 
 from __future__ import annotations
@@ -97,8 +98,27 @@ def _contour_boxes(contours: list[np.ndarray]) -> np.ndarray:
 
 
 def component_boxes(mask: np.ndarray, *, largest_only: bool = False) -> np.ndarray:
-    """Boxes [n, 4] int64 of the 8-connected components of a boolean/uint8 mask [H, W]."""
-    return _contour_boxes(list(_outer_contours(mask, largest_only)))
+    """Boxes [n, 4] int64 of the 8-connected components of a boolean/uint8 mask [H, W]
+    (in raster order of their first pixel), or of the largest one by contour area."""
+    if largest_only:
+        return _contour_boxes(list(_outer_contours(mask, largest_only=True)))
+    from camflow.postprocess.components import level_set_boxes
+
+    return level_set_boxes(np.asarray(mask) != 0, 1)[0]
+
+
+def _all_component_boxes(arr: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every component of ``arr > t`` for each t of ``thr``: (boxes, owner index into thr)."""
+    # Imported in the functions: numba costs a second to import and most processes never need it.
+    from camflow.postprocess.components import level_set_boxes
+
+    order = np.argsort(thr, kind="stable")
+    # levels[p] = how many thresholds lie below pixel p: it is kept at sorted threshold j < levels.
+    levels = np.searchsorted(thr[order], arr, side="left")
+    boxes, owner = level_set_boxes(levels, len(thr))
+    owner = order[owner]
+    regroup = np.argsort(owner, kind="stable")
+    return boxes[regroup], owner[regroup]
 
 
 def _box_scores(cam: np.ndarray, boxes: np.ndarray, score: str) -> np.ndarray:
@@ -200,16 +220,17 @@ def sweep_boxes(
     rel = np.asarray(thresholds, dtype=np.float64).ravel()
     # Compared in the map's own precision, as extract_boxes compares.
     thr = (rel * _base_value(arr, method, percentile)).astype(arr.dtype)
-    # Many thresholded masks at once (a bounded block of them, for large maps); the contour
-    # tracer then follows borders only, and the boxes of all contours of all thresholds come
-    # out of one vectorised reduction.
+    if multi_contour:
+        return _all_component_boxes(arr, thr)
+    # The largest component by contour area needs each threshold's contours: many thresholded
+    # masks at once (a bounded block of them, for large maps), traced one by one.
     block = max(1, _SWEEP_BLOCK_BYTES // arr.size)
     contours: list[np.ndarray] = []
     counts = np.zeros(len(thr), dtype=np.int64)
     for start in range(0, len(thr), block):
         stack = (arr[None] > thr[start : start + block, None, None]).view(np.uint8)
         for k, mask in enumerate(stack, start):
-            found = _outer_contours(mask, largest_only=not multi_contour)
+            found = _outer_contours(mask, largest_only=True)
             contours.extend(found)
             counts[k] = len(found)
     if not contours:
