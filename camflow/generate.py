@@ -169,7 +169,7 @@ def shard_outputs(
         own = torch.from_numpy(m.astype(np.float32))
         h, w = own.shape[-2:]
         full, hot = _all_classes(im, own.numpy(), c)
-        seeds.append(seed_rows(im.image_id, im.labels, own, stride=opts.seed_stride,
+        seeds.extend(seed_rows(im.image_id, im.labels, own, stride=opts.seed_stride,
                                scales=scales or opts.scales))
         mask = pseudo_mask(full, hot, background=opts.background, threshold=opts.bg_threshold,
                            alpha=opts.bg_alpha, image_id=im.image_id)
@@ -188,7 +188,7 @@ def shard_outputs(
                           "x1": float(found["x1"][i] + 1), "y1": float(found["y1"][i] + 1)})
         _update_metrics(metrics, im, full, hot, mask)
     tables = {
-        "seeds": pa.concat_tables(seeds) if seeds else SEEDS_SCHEMA.empty_table(),
+        "seeds": pa.Table.from_pylist(seeds, schema=SEEDS_SCHEMA),
         "masks": pa.Table.from_pylist(masks, schema=MASKS_SCHEMA),
         "boxes": pa.Table.from_pylist(boxes, schema=BOXES_SCHEMA),
     }

@@ -77,24 +77,17 @@ def dequantize_seed(row: dict, size: tuple[int, int] | None = None) -> torch.Ten
 def seed_rows(
     image_id: str, class_ids: Sequence[int], cams: torch.Tensor, *, stride: int,
     scales: Sequence[float],
-) -> pa.Table:
-    """The ``seeds`` rows of one image: ``cams`` is [K,H,W] in [0,1], one map per class id."""
+) -> list[dict]:
+    """The ``seeds`` rows of one image (``SEEDS_SCHEMA`` dicts): ``cams`` is [K,H,W] in [0,1],
+    one map per class id. A shard's rows become one table with ``pa.Table.from_pylist``."""
     if len(class_ids) != cams.shape[0]:
         raise ValueError(f"image {image_id!r}: {len(class_ids)} class ids for {cams.shape[0]} maps")
     q, h, w = quantize_seed(cams, stride)
     height, width = cams.shape[-2:]
-    k = len(class_ids)
-    return pa.table({
-        "image_id": [image_id] * k,
-        "class_id": pa.array(list(class_ids), pa.int16()),
-        "height": pa.array([height] * k, pa.int32()),
-        "width": pa.array([width] * k, pa.int32()),
-        "stride": pa.array([stride] * k, pa.int16()),
-        "cam_height": pa.array([h] * k, pa.int32()),
-        "cam_width": pa.array([w] * k, pa.int32()),
-        "cam": pa.array([q[i].tobytes() for i in range(k)], pa.binary()),
-        "scales": pa.array([list(scales)] * k, pa.list_(pa.float32())),
-    }, schema=SEEDS_SCHEMA)
+    return [{"image_id": image_id, "class_id": int(c), "height": height, "width": width,
+             "stride": stride, "cam_height": h, "cam_width": w, "cam": q[i].tobytes(),
+             "scales": list(scales)}
+            for i, c in enumerate(class_ids)]
 
 
 def empty(schema: pa.Schema) -> pa.Table:

@@ -24,7 +24,8 @@ def test_stride_averages_blocks_and_rounds_up_the_size():
 
 def test_seed_rows_one_row_per_class_and_round_trip():
     cams = torch.rand(3, 16, 12, generator=torch.Generator().manual_seed(1))
-    table = seed_rows("img1", [4, 0, 7], cams, stride=1, scales=(1.0, 0.5))
+    table = pa.Table.from_pylist(seed_rows("img1", [4, 0, 7], cams, stride=1, scales=(1.0, 0.5)),
+                                 schema=SEEDS_SCHEMA)
     assert table.schema == SEEDS_SCHEMA and table.num_rows == 3
     assert table["class_id"].to_pylist() == [4, 0, 7]
     row = table.slice(1, 1).to_pylist()[0]

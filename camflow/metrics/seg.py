@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from camflow.metrics.accumulator import Accumulator
+from camflow.postprocess.masks import top_channel
 from camflow.postprocess.validate import (
     Rejected,
     batch_ids,
@@ -193,12 +194,15 @@ class SeedSweep(Accumulator):
             return f"cams have {cam.shape[0]} channels, expected {self.num_classes}"
         if cam.shape[1:] != g.shape:
             return f"cam shape {cam.shape[1:]} != ground truth shape {g.shape}"
-        if lab.shape != (self.num_classes,) or not np.isin(lab, (0, 1)).all():
+        if lab.shape != (self.num_classes,) or not ((lab == 0) | (lab == 1)).all():
             return (
                 f"labels must be 0/1 multi-hot of length {self.num_classes}, "
                 f"got shape {lab.shape} with values {np.unique(lab)[:5].tolist()}"
             )
-        return map_range_problem(cam) or _gt_problem(g, self.num_classes + 1, self.ignore_index)
+        own = np.flatnonzero(lab)
+        # Only the image's own classes compete with the background: only their maps are read.
+        problem = map_range_problem(cam[own]) if own.size else None
+        return problem or _gt_problem(g, self.num_classes + 1, self.ignore_index)
 
     def update(
         self,
@@ -240,17 +244,17 @@ class SeedSweep(Accumulator):
             keep = gt_flat != self.ignore_index
             own = np.flatnonzero(lab)
             if own.size:
-                scores = c[own].reshape(own.size, -1)[:, keep]
-                best = own[scores.argmax(axis=0)] + 1
+                index, top = top_channel(c[own].reshape(own.size, -1))
+                best = own[index] + 1
                 # Number of thresholds strictly below the score: foreground at threshold
                 # index j exactly when j < below (a tie goes to background).
                 # Compared in the CAM's own precision, as an explicit argmax would be.
                 thr = self.thresholds.astype(c.dtype)
-                below = np.searchsorted(thr, scores.max(axis=0), side="left")
+                below = np.searchsorted(thr, top, side="left")
             else:
-                best = np.zeros(int(keep.sum()), np.int64)
-                below = np.zeros(int(keep.sum()), np.int64)
-            codes.append((gt_flat[keep] * n_lab + best) * (n_thr + 1) + below)
+                best = below = np.zeros(gt_flat.size, np.int64)
+            code = (gt_flat * n_lab + best) * (n_thr + 1) + below
+            codes.append(code if keep.all() else code[keep])
         if not codes:
             return rejects
         hist = np.bincount(np.concatenate(codes), minlength=n_lab * n_lab * (n_thr + 1))

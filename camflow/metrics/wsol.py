@@ -265,7 +265,7 @@ class PixelAP(Accumulator):
                 problems[i] = f"score map shape {m.shape} != ground truth shape {other}"
                 continue
             problem = map_range_problem(m)
-            if problem is None and not np.isin(g, (0, 1, 255)).all():
+            if problem is None and g.dtype != bool and not ((g == 0) | (g == 1) | (g == 255)).all():
                 problem = "mask values must be 0/1 (255 = ignore)"
             if problem is None:
                 valid = g != 255 if s is None else (g != 255) & ~s.astype(bool)

@@ -18,6 +18,7 @@ from camflow.postprocess.masks import (
     class_ids,
     confident_mask,
     pseudo_mask,
+    top_channel,
 )
 from camflow.postprocess.png import VOC_PALETTE, decode_label_png, encode_label_png
 from camflow.postprocess.validate import BadInputError, Rejected
@@ -43,4 +44,5 @@ __all__ = [
     "extract_boxes",
     "pseudo_mask",
     "sweep_boxes",
+    "top_channel",
 ]

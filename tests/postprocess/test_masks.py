@@ -111,3 +111,13 @@ def test_bad_labels_name_the_image():
         pseudo_mask(cams, [1, 0], image_id="dog_1")
     with pytest.raises(BadInputError, match="'dog_2'.*0/1"):
         confident_mask(cams, [2, 0, 1], image_id="dog_2")
+
+
+def test_top_channel_is_argmax_with_ties_to_the_first():
+    from camflow.postprocess import top_channel
+
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 4, (5, 30, 20)).astype(np.float32)  # many ties
+    index, top = top_channel(stack)
+    np.testing.assert_array_equal(index, stack.argmax(axis=0))
+    np.testing.assert_array_equal(top, stack.max(axis=0))
