@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from camflow.metrics.accumulator import Accumulator
-from camflow.postprocess.boxes import sweep_boxes
+from camflow.postprocess.boxes import sweep_best_iou, sweep_boxes
 from camflow.postprocess.validate import (
     Rejected,
     as_numpy,
@@ -122,13 +122,12 @@ class BoxAccuracy(Accumulator):
 
     def best_iou_per_threshold(self, cam: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
         """[T] best IoU with any ground-truth box among the boxes found at each threshold."""
-        boxes, owner = sweep_boxes(
-            cam,
-            self.thresholds,
-            multi_contour=self.multi_contour,
-            method="max" if self.percentile == 100.0 else "pas",
-            percentile=self.percentile,
-        )
+        method = "max" if self.percentile == 100.0 else "pas"
+        if self.multi_contour:
+            return sweep_best_iou(cam, self.thresholds, gt_boxes, method=method,
+                                  percentile=self.percentile)
+        boxes, owner = sweep_boxes(cam, self.thresholds, multi_contour=False, method=method,
+                                   percentile=self.percentile)
         best = np.zeros(self.thresholds.size)
         if len(boxes):
             np.maximum.at(best, owner, box_iou(boxes, gt_boxes).max(axis=1))
@@ -282,9 +281,10 @@ class PixelAP(Accumulator):
             valid = kept[i]
             edges = self._edges.astype(m.dtype)
             bins = np.searchsorted(edges, m[valid], side="right")
-            positive = g[valid] == 1
-            self.positive_hist += np.bincount(bins[positive], minlength=n_bins)
-            self.negative_hist += np.bincount(bins[~positive], minlength=n_bins)
+            # One histogram of (bin, positive) pairs: row 0 negatives, row 1 positives.
+            hist = np.bincount((g[valid] == 1) * n_bins + bins, minlength=2 * n_bins)
+            self.negative_hist += hist[:n_bins]
+            self.positive_hist += hist[n_bins:]
         return rejects
 
     def compute(self) -> dict[str, Any]:

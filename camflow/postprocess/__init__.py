@@ -9,6 +9,7 @@ from camflow.postprocess.boxes import (
     class_boxes,
     component_boxes,
     extract_boxes,
+    sweep_best_iou,
     sweep_boxes,
 )
 from camflow.postprocess.crf import IRN_LABEL_CRF, CRFParams, crf_from_labels, crf_from_probs
@@ -43,6 +44,7 @@ __all__ = [
     "encode_label_png",
     "extract_boxes",
     "pseudo_mask",
+    "sweep_best_iou",
     "sweep_boxes",
     "top_channel",
 ]

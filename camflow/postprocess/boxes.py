@@ -29,6 +29,7 @@ __all__ = [
     "class_boxes",
     "component_boxes",
     "extract_boxes",
+    "sweep_best_iou",
     "sweep_boxes",
 ]
 
@@ -107,15 +108,24 @@ def component_boxes(mask: np.ndarray, *, largest_only: bool = False) -> np.ndarr
     return level_set_boxes(np.asarray(mask) != 0, 1)[0]
 
 
+def _sorted_levels(arr: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """levels[p] = how many thresholds lie below pixel p (kept at sorted threshold j < levels[p]),
+    and the sorting permutation of ``thr`` (None when already sorted)."""
+    if np.all(thr[1:] >= thr[:-1]):
+        return np.searchsorted(thr, arr, side="left"), None
+    order = np.argsort(thr, kind="stable")
+    return np.searchsorted(thr[order], arr, side="left"), order
+
+
 def _all_component_boxes(arr: np.ndarray, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every component of ``arr > t`` for each t of ``thr``: (boxes, owner index into thr)."""
     # Imported in the functions: numba costs a second to import and most processes never need it.
     from camflow.postprocess.components import level_set_boxes
 
-    order = np.argsort(thr, kind="stable")
-    # levels[p] = how many thresholds lie below pixel p: it is kept at sorted threshold j < levels.
-    levels = np.searchsorted(thr[order], arr, side="left")
+    levels, order = _sorted_levels(arr, thr)
     boxes, owner = level_set_boxes(levels, len(thr))
+    if order is None:
+        return boxes, owner
     owner = order[owner]
     regroup = np.argsort(owner, kind="stable")
     return boxes[regroup], owner[regroup]
@@ -201,6 +211,38 @@ def class_boxes(
     }
 
 
+def _relative_thresholds(arr: np.ndarray, thresholds, method: Method,
+                         percentile: float) -> np.ndarray:
+    rel = np.asarray(thresholds, dtype=np.float64).ravel()
+    # Compared in the map's own precision, as extract_boxes compares.
+    return (rel * _base_value(arr, method, percentile)).astype(arr.dtype)
+
+
+def sweep_best_iou(
+    cam,
+    thresholds,
+    gt_boxes,
+    *,
+    method: Method = "max",
+    percentile: float = 90.0,
+    image_id: str = "0",
+) -> np.ndarray:
+    """[T] the best IoU with any of ``gt_boxes`` [G, 4] (inclusive corners) among the boxes of
+    every component at each relative threshold: ``sweep_boxes`` with ``multi_contour``, scored,
+    without listing each threshold's boxes (a noisy map has hundreds of specks per threshold)."""
+    from camflow.postprocess.components import level_set_best_iou
+
+    arr = _check_cam(cam, image_id)
+    thr = _relative_thresholds(arr, thresholds, method, percentile)
+    levels, order = _sorted_levels(arr, thr)
+    best = level_set_best_iou(levels, len(thr), np.asarray(gt_boxes, np.float64))
+    if order is None:
+        return best
+    out = np.empty_like(best)
+    out[order] = best
+    return out
+
+
 def sweep_boxes(
     cam,
     thresholds,
@@ -217,9 +259,7 @@ def sweep_boxes(
     ``multi_contour`` keeps every component's box, otherwise only the largest.
     """
     arr = _check_cam(cam, image_id)
-    rel = np.asarray(thresholds, dtype=np.float64).ravel()
-    # Compared in the map's own precision, as extract_boxes compares.
-    thr = (rel * _base_value(arr, method, percentile)).astype(arr.dtype)
+    thr = _relative_thresholds(arr, thresholds, method, percentile)
     if multi_contour:
         return _all_component_boxes(arr, thr)
     # The largest component by contour area needs each threshold's contours: many thresholded

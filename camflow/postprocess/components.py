@@ -1,9 +1,14 @@
-"""Boxes of the 8-connected components of a map's level sets at every threshold, in one pass.
+"""The 8-connected components of a map's level sets at every threshold, in one pass.
 
 A box sweep (MaxBoxAcc) needs the components of ``cam > t`` at a hundred thresholds t. Tracing
 each thresholded mask again costs a hundred passes over the image; here pixels join a union-find
 forest in decreasing order of score instead, so each pixel is touched once, and after each
 threshold's pixels have joined, the live roots are exactly that threshold's components.
+
+Two uses share the one kernel: every component's box (:func:`level_set_boxes`), or only the best
+IoU of any component with ground-truth boxes (:func:`level_set_best_iou`). A noisy map has
+hundreds of specks at low thresholds; the second keeps each component's IoU and recomputes it
+only when the component changes, instead of listing tens of thousands of boxes.
 
 The kernel is compiled by numba on first use and cached next to this file (or in numba's user
 cache when that is read-only), so a process pays the compilation once per machine.
@@ -14,11 +19,29 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["level_set_boxes"]
+__all__ = ["level_set_best_iou", "level_set_boxes"]
 
 
 @njit(cache=True, nogil=True)
-def _level_set_boxes(levels: np.ndarray, n_levels: int) -> np.ndarray:  # pragma: no cover - jit
+def _iou(box: np.ndarray, gt: np.ndarray) -> float:  # pragma: no cover - jit
+    """The best IoU of one inclusive-corner box with any of ``gt`` [G, 4] (metrics.box_iou's
+    arithmetic, operation for operation, so that both give the same floats)."""
+    best = 0.0
+    area_a = (box[2] - box[0] + 1.0) * (box[3] - box[1] + 1.0)
+    for g in range(gt.shape[0]):
+        iw = min(float(box[2]), gt[g, 2]) - max(float(box[0]), gt[g, 0]) + 1.0
+        ih = min(float(box[3]), gt[g, 3]) - max(float(box[1]), gt[g, 1]) + 1.0
+        inter = max(iw, 0.0) * max(ih, 0.0)
+        area_b = (gt[g, 2] - gt[g, 0] + 1.0) * (gt[g, 3] - gt[g, 1] + 1.0)
+        union = area_a + area_b - inter
+        iou = inter / union if union > 0 else 0.0
+        best = max(best, iou)
+    return best
+
+
+@njit(cache=True, nogil=True)
+def _sweep(levels: np.ndarray, n_levels: int, gt: np.ndarray,
+           emit: bool) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - jit
     h, w = levels.shape
     n = h * w
     flat = levels.ravel()
@@ -40,7 +63,10 @@ def _level_set_boxes(levels: np.ndarray, n_levels: int) -> np.ndarray:  # pragma
     live = np.empty(n, np.int32)  # the current roots, compact; slot[r] is r's place in it
     slot = np.empty(n, np.int32)
     n_live = 0
-    out = np.empty((max(64, 4 * n_levels), 6), np.int64)
+    iou = np.zeros(n, np.float64)  # per root, valid unless changed[r]
+    changed = np.zeros(n, np.bool_)
+    best = np.zeros(n_levels, np.float64)
+    out = np.empty((max(64, 4 * n_levels) if emit else 0, 6), np.int64)
     n_out = 0
     for v in range(n_levels, 0, -1):  # threshold index v - 1 keeps the pixels of level >= v
         for k in range(start[v], start[v + 1]):
@@ -54,6 +80,7 @@ def _level_set_boxes(levels: np.ndarray, n_levels: int) -> np.ndarray:  # pragma
             box[p, 2] = px
             box[p, 3] = py
             box[p, 4] = p
+            changed[p] = True
             slot[p] = n_live
             live[n_live] = p
             n_live += 1
@@ -76,22 +103,45 @@ def _level_set_boxes(levels: np.ndarray, n_levels: int) -> np.ndarray:  # pragma
                     box[a, 2] = max(box[a, 2], box[b, 2])
                     box[a, 3] = max(box[a, 3], box[b, 3])
                     box[a, 4] = min(box[a, 4], box[b, 4])
+                    changed[a] = True
                     moved = live[n_live - 1]
                     live[slot[b]] = moved
                     slot[moved] = slot[b]
                     n_live -= 1
                     root = a
-        if n_out + n_live > out.shape[0]:
-            grown = np.empty((2 * (n_out + n_live), 6), np.int64)
-            grown[:n_out] = out[:n_out]
-            out = grown
-        for k in range(n_live):
-            r = live[k]
-            for c in range(5):
-                out[n_out, c] = box[r, c]
-            out[n_out, 5] = v - 1
-            n_out += 1
-    return out[:n_out]
+        if gt.shape[0]:
+            top = 0.0
+            for k in range(n_live):
+                r = live[k]
+                if changed[r]:
+                    iou[r] = _iou(box[r], gt)
+                    changed[r] = False
+                top = max(top, iou[r])
+            best[v - 1] = top
+        if emit:
+            if n_out + n_live > out.shape[0]:
+                grown = np.empty((2 * (n_out + n_live), 6), np.int64)
+                grown[:n_out] = out[:n_out]
+                out = grown
+            for k in range(n_live):
+                r = live[k]
+                for c in range(5):
+                    out[n_out, c] = box[r, c]
+                out[n_out, 5] = v - 1
+                n_out += 1
+    return out[:n_out], best
+
+
+def _checked(levels: np.ndarray, n_levels: int) -> np.ndarray:
+    lv = np.ascontiguousarray(levels, dtype=np.int64)
+    if lv.ndim != 2:
+        raise ValueError(f"levels must be [H, W], got shape {lv.shape}")
+    if lv.size and (lv.min() < 0 or lv.max() > n_levels):
+        raise ValueError(f"levels must lie in 0..{n_levels}")
+    return lv
+
+
+_NO_GT = np.zeros((0, 4), np.float64)
 
 
 def level_set_boxes(levels: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,13 +151,19 @@ def level_set_boxes(levels: np.ndarray, n_levels: int) -> tuple[np.ndarray, np.n
     y1 inclusive, owner [N] int64 = j), ordered by j, then by each component's first pixel in
     raster order.
     """
-    lv = np.ascontiguousarray(levels, dtype=np.int64)
-    if lv.ndim != 2:
-        raise ValueError(f"levels must be [H, W], got shape {lv.shape}")
-    if lv.size and (lv.min() < 0 or lv.max() > n_levels):
-        raise ValueError(f"levels must lie in 0..{n_levels}")
+    lv = _checked(levels, n_levels)
     if lv.size == 0 or n_levels < 1:
         return np.zeros((0, 4), np.int64), np.zeros(0, np.int64)
-    found = _level_set_boxes(lv, int(n_levels))
+    found, _ = _sweep(lv, int(n_levels), _NO_GT, True)
     order = np.lexsort((found[:, 4], found[:, 5]))
     return found[order, :4], found[order, 5]
+
+
+def level_set_best_iou(levels: np.ndarray, n_levels: int, gt_boxes: np.ndarray) -> np.ndarray:
+    """[n_levels] the best IoU of any 8-connected component's box of ``levels > j`` with any of
+    ``gt_boxes`` [G, 4] (x0, y0, x1, y1 inclusive); 0 where there is no component."""
+    lv = _checked(levels, n_levels)
+    gt = np.ascontiguousarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    if lv.size == 0 or n_levels < 1 or gt.shape[0] == 0:
+        return np.zeros(max(int(n_levels), 0), np.float64)
+    return _sweep(lv, int(n_levels), gt, False)[1]

@@ -55,3 +55,19 @@ def test_levels_out_of_range_are_refused():
         level_set_boxes(np.full((2, 2), 4), 3)
     empty_boxes, empty_owner = level_set_boxes(np.zeros((0, 5), np.int64), 3)
     assert empty_boxes.shape == (0, 4) and empty_owner.shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_best_iou_sweep_equals_scoring_every_listed_box(seed):
+    from camflow.metrics.wsol import box_iou
+    from camflow.postprocess import sweep_best_iou
+
+    cam = _bumpy_map(seed)
+    rng = np.random.default_rng(seed)
+    gt = np.sort(rng.uniform(0, 36, (3, 2, 2)), axis=1).transpose(0, 2, 1).reshape(3, 4)
+    gt = gt[:, [0, 2, 1, 3]].round(1)  # x0 <= x1, y0 <= y1, fractional like real annotations
+    thresholds = np.round(np.arange(0, 1, 0.01), 2)[::-1]  # any order
+    boxes, owner = sweep_boxes(cam, thresholds)
+    expected = np.zeros(len(thresholds))
+    np.maximum.at(expected, owner, box_iou(boxes, gt).max(axis=1))
+    np.testing.assert_array_equal(sweep_best_iou(cam, thresholds, gt), expected)
