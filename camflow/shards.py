@@ -6,13 +6,11 @@ Layout under an output root (local path or ``s3://bucket/prefix``)::
     _commits/run={run_id}/method={method}/{shard}.json         one marker per committed shard
     _runs/run={run_id}/lease.json                              who is writing this run
 
-A shard's files are written first and its marker last. On a local disk each file is written
-under a name starting with ``_`` (which pyarrow, pandas and duckdb skip when they list a folder)
-and renamed, so a half-written file is never visible; on an object store one PUT is already all
-or nothing, so the file goes straight to its final key (a move there is three more requests:
-head, copy, delete). The marker is the commit: :meth:`ShardStore.read` returns only files named by markers,
-a rerun skips shards that have a marker, and a shard redone after a crash lands on the same
-paths, so nothing is ever doubled.
+A shard's files are written first and its marker last, each whole or not at all
+(``storage.put_whole``: one PUT on an object store, a hidden temporary file renamed into place on
+local disk). The marker is the commit: :meth:`ShardStore.read` returns only files named by
+markers, a rerun skips shards that have a marker, and a shard redone after a crash lands on the
+same paths, so nothing is ever doubled.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from camflow import storage
 
@@ -129,12 +126,6 @@ class ShardStore:
         self.run_id = _check_name("run id", run_id)
         self.storage_options = dict(storage_options or {})
         self.fs, self._root_path = storage.resolve(self.root, self.storage_options)
-        self._folders: set[str] = set()  # made already: on object stores each check is a request
-
-    def _makedirs(self, folder: str) -> None:
-        if folder not in self._folders:
-            self.fs.makedirs(folder, exist_ok=True)
-            self._folders.add(folder)
 
     # -- paths -------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -195,30 +186,16 @@ class ShardStore:
             sink = io.BytesIO()
             pq.write_table(table, sink, compression="zstd")
             payload = sink.getvalue()
-            with_retries(lambda a=(final, payload): self._put_whole(*a),
+            with_retries(lambda a=(final, payload): storage.put_whole(self.fs, *a),
                          what=f"write {name} shard {shard}")
             files[name] = {"path": final, "rows": table.num_rows, "bytes": len(payload),
                            "sha256": table_digest(table)}
         record = ShardCommit(self.run_id, method, shard, files, dict(extra or {}))
         marker = self.marker_path(method, shard)
 
-        def put_marker() -> None:
-            self._makedirs(marker.rsplit("/", 1)[0])
-            self.fs.pipe_file(marker, record.to_json())
-
-        with_retries(put_marker, what=f"commit shard {shard}")
+        with_retries(lambda: storage.put_whole(self.fs, marker, record.to_json()),
+                     what=f"commit shard {shard}")
         return record
-
-    def _put_whole(self, final: str, payload: bytes) -> None:
-        """Write ``payload`` so that ``final`` is absent or complete, never partial."""
-        folder, base = final.rsplit("/", 1)
-        self._makedirs(folder)
-        if not isinstance(self.fs, LocalFileSystem):
-            self.fs.pipe_file(final, payload)
-            return
-        tmp = f"{folder}/_{base}.{uuid.uuid4().hex}.tmp"
-        self.fs.pipe_file(tmp, payload)
-        self.fs.mv(tmp, final)
 
     # -- one writer per run --------------------------------------------------------------------
     def lease(self, *, ttl: float = 120.0, owner: str | None = None) -> RunLease:

@@ -10,10 +10,11 @@ Credentials are never logged: use :func:`redact` on anything that might carry th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 import fsspec
@@ -26,6 +27,7 @@ __all__ = [
     "join",
     "open_uri",
     "options_for",
+    "put_whole",
     "read_table",
     "redact",
     "resolve",
@@ -107,36 +109,49 @@ def exists(uri: str, storage_options: Mapping[str, Any] | None = None) -> bool:
     return fs.exists(path)
 
 
-def _commit(fs: fsspec.AbstractFileSystem, tmp: str, final: str) -> None:
-    # On object stores a single PUT is already all-or-nothing, but writing to a temporary key and
-    # moving keeps one code path and never leaves a half object under the final name locally.
-    fs.mv(tmp, final)
+def _hidden_temporary(path: str) -> str:
+    # A leading "_": pyarrow, pandas and duckdb skip the file when they list its folder.
+    folder, base = path.rsplit("/", 1)
+    return f"{folder}/_{base}.{uuid.uuid4().hex}.tmp"
+
+
+@contextlib.contextmanager
+def _whole(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
+    """The path to write so that ``path`` ends up absent or complete, never partial.
+
+    An object store's PUT (or completed multipart upload) is already all or nothing, so the write
+    goes straight to its key: a move there would add three requests (head, copy, delete). On
+    local disk it goes to a hidden temporary file that is renamed into place.
+    """
+    if not isinstance(fs, LocalFileSystem):
+        yield path
+        return
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    tmp = _hidden_temporary(path)
+    yield tmp
+    fs.mv(tmp, path)
+
+
+def put_whole(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` of ``fs`` so that it is either absent or complete."""
+    with _whole(fs, path) as target:
+        fs.pipe_file(target, data)
 
 
 def write_bytes(
     data: bytes, uri: str, storage_options: Mapping[str, Any] | None = None
 ) -> None:
     """Write ``data`` so that ``uri`` is either absent or complete, never partial."""
-    fs, path = resolve(uri, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        fs.makedirs(fs._parent(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    _commit(fs, tmp, path)
+    put_whole(*resolve(uri, storage_options), data)
 
 
 def write_table(
     table: pa.Table, uri: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> None:
-    """Write one Parquet file atomically (temporary name, then move)."""
+    """Write one Parquet file so that ``uri`` is either absent or complete (streamed)."""
     fs, path = resolve(uri, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        fs.makedirs(fs._parent(path), exist_ok=True)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
+    with _whole(fs, path) as target, fs.open(target, "wb") as f:
         pq.write_table(table, f, compression="zstd")
-    _commit(fs, tmp, path)
 
 
 def read_table(

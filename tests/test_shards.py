@@ -138,5 +138,7 @@ def test_local_files_are_renamed_into_place(tmp_path, monkeypatch):
     real_mv = store.fs.mv
     monkeypatch.setattr(store.fs, "mv", lambda a, b, **kw: (moved.append((a, b)), real_mv(a, b, **kw)))
     _write(store, range(1))
-    assert [b.rsplit("/", 1)[1] for _, b in moved] == ["shard-00000.parquet"] * 2
+    names = [b.rsplit("/", 1)[1] for _, b in moved]
+    assert [n for n in names if n.endswith(".parquet")] == ["shard-00000.parquet"] * 2
+    assert names[-1] == "shard-00000.json"  # the marker too: a torn marker would fail reads
     assert all(a.rsplit("/", 1)[1].startswith("_") for a, _ in moved)
