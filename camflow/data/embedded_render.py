@@ -1,4 +1,7 @@
-"""Rendering one image of the embedded benchmark: digit objects on real textures, with clutter.
+"""Rendering one image of the embedded benchmarks: glyph objects on real textures, with clutter.
+
+The glyphs are digits for the embedded benchmark and letters and symbols for the source
+benchmark that pretrains its backbone (camflow.data.glyphs); both are drawn the same way.
 
 Everything is driven by a numpy Generator and uses only integer/IEEE-basic float arithmetic and
 Pillow's fixed-point resampling, so the same seed gives the same pixels on any machine.
@@ -13,7 +16,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["DigitPool", "RenderedImage", "background_sources", "digit_pool", "render_image"]
+__all__ = ["GlyphPool", "RenderedImage", "background_sources", "digit_pool", "render_image"]
 
 # Shipped with scikit-image / scikit-learn (checked to load offline). Left out on purpose:
 # `text`, `page`, `logo` and `clock` show characters or numerals that could pass for digits.
@@ -63,14 +66,14 @@ def background_sources() -> tuple[np.ndarray, ...]:
 
 
 @dataclass(frozen=True)
-class DigitPool:
-    """8x8 digit bitmaps (0..16) of one split, indexed by class."""
+class GlyphPool:
+    """8x8 bitmaps (0..16) of one split, indexed by class: digits here, letters in camflow.data.glyphs."""
 
     by_class: tuple[np.ndarray, ...]  # by_class[k]: (n_k, 8, 8) float32
 
 
 @lru_cache(maxsize=4)
-def digit_pool(seed: int, split: str, val_share: float = 0.2) -> DigitPool:
+def digit_pool(seed: int, split: str, val_share: float = 0.2) -> GlyphPool:
     """Split scikit-learn's 1797 digits per class, so train and val never share a source sample."""
     from sklearn.datasets import load_digits
 
@@ -83,7 +86,7 @@ def digit_pool(seed: int, split: str, val_share: float = 0.2) -> DigitPool:
         n_val = int(round(len(idx) * val_share))
         chosen = idx[n_val:] if split == "train" else idx[:n_val]
         by_class.append(digits.images[np.sort(chosen)].astype(np.float32))
-    return DigitPool(tuple(by_class))
+    return GlyphPool(tuple(by_class))
 
 
 @dataclass(frozen=True)
@@ -239,14 +242,14 @@ def _place(
     return None
 
 
-def render_image(rng: np.random.Generator, pool: DigitPool, size: int) -> RenderedImage:
+def render_image(rng: np.random.Generator, pool: GlyphPool, size: int) -> RenderedImage:
     """One benchmark image with its instance map; every object keeps >= 85 % of its pixels."""
     image = _draw_clutter(rng, _background(rng, size))
     instances = np.zeros((size, size), dtype=np.int32)
     classes: list[int] = []
     n_objects = int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_WEIGHTS))
     for _ in range(n_objects):
-        k = int(rng.integers(10))
+        k = int(rng.integers(len(pool.by_class)))
         bitmaps = pool.by_class[k]
         intensity = _digit_intensity(rng, bitmaps[int(rng.integers(len(bitmaps)))], size)
         fg = intensity >= MASK_THRESHOLD
