@@ -20,7 +20,7 @@ from torch import nn
 
 from camflow.models.pretrained import apply_pretrained
 
-__all__ = ["OUTPUT_STRIDES", "Backbone", "make_backbone"]
+__all__ = ["OUTPUT_STRIDES", "Backbone", "make_backbone", "to_torchvision_state_dict"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +142,30 @@ def make_backbone(name: str, *, output_stride: int = 32, pretrained: bool | str 
     else:
         stages, channels = _by_resolution(name, model, output_stride)
     return Backbone(stages=stages, out_channels=channels, pretrained=loaded)
+
+
+def to_torchvision_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A ResNet-family CamClassifier's weights in torchvision's layout (``fc`` from its head).
+
+    ``torchvision.models.get_model(name, num_classes=C).load_state_dict(state)`` then loads it
+    strictly: stage1 is the stem, stage2..stage5 are layer1..layer4, the GAP head's 1x1 conv is fc.
+    """
+    spec = getattr(model, "spec", {}) or {}
+    name = str(spec.get("name", ""))
+    if not name.startswith(_RESNET_PREFIXES) or spec.get("head", "gap") != "gap":
+        raise ValueError(f"only ResNet-family models with a gap head export to torchvision's layout, "
+                         f"not {name or type(model).__name__} ({spec.get('head')})")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        stage, _, rest = key.partition(".")
+        if stage == "stage1":
+            out[rest] = value
+        elif stage in ("stage2", "stage3", "stage4", "stage5"):
+            out[f"layer{int(stage[-1]) - 1}.{rest}"] = value
+        elif key == "head.classifier.weight":
+            out["fc.weight"] = value.flatten(1)
+        elif key == "head.classifier.bias":
+            out["fc.bias"] = value
+        else:
+            raise ValueError(f"{key} has no place in torchvision's {name} layout")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}

@@ -23,6 +23,7 @@ from camflow import storage
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "init_from_checkpoint",
     "load_checkpoint",
     "load_weights_into",
     "read_checkpoint_meta",
@@ -170,6 +171,35 @@ def load_weights_into(
         raise CheckpointError(f"{storage.redact(uri)} was saved for another architecture ({detail})")
     _check_state(target, state, uri)
     target.load_state_dict(state, strict=True)
+    return meta
+
+
+def init_from_checkpoint(
+    model: nn.Module,
+    uri: str,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Start ``model`` from a checkpoint of the same backbone that may lack some of its heads.
+
+    For a second training stage such as ReCAM's: a ``recam`` model starts from a ``gap``
+    checkpoint, whose stages and main head it takes, and only ``recam_head`` starts fresh.
+    Every tensor of the checkpoint must fit; the model may have extra head tensors only.
+    """
+    state, meta = _load(uri, storage_options, "cpu")
+    target = _unwrap(model)
+    spec = getattr(target, "spec", None) or {}
+    differing = [k for k in ("name", "num_classes", "output_stride")
+                 if k in spec and spec[k] != meta["model"].get(k)]
+    if differing:
+        detail = ", ".join(f"{k}: checkpoint {meta['model'].get(k)!r} vs model {spec[k]!r}" for k in differing)
+        raise CheckpointError(f"{storage.redact(uri)} was saved for another architecture ({detail})")
+    expected = target.state_dict()
+    fresh = {k for k in expected if k not in state}
+    if any(not k.startswith("recam_head.") for k in fresh):
+        _check_state(target, state, uri)  # names what is missing
+    _check_state(target, {**state, **{k: expected[k] for k in fresh}}, uri)
+    target.load_state_dict(state, strict=False)
     return meta
 
 

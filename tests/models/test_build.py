@@ -107,38 +107,3 @@ def test_unknown_backbone_is_named_in_the_error() -> None:
 def test_bad_head_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build("resnet18", **kwargs)
-
-
-def test_pretrained_fetch_failure_falls_back_quickly_with_a_warning(monkeypatch, tmp_path, caplog) -> None:
-    import time
-
-    from camflow.models import pretrained
-
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-
-    def refuse(url, dest, timeout):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(pretrained, "_fetch", refuse)
-    start = time.monotonic()
-    with caplog.at_level("WARNING"):
-        model = build("resnet18", 2, pretrained=True)
-    assert time.monotonic() - start < 30
-    assert model.spec["pretrained"] is False
-    assert "RANDOM initialisation" in caplog.text and "resnet18" in caplog.text
-
-
-def test_pretrained_from_a_local_state_dict_file(tmp_path) -> None:
-    import torchvision
-    from safetensors.torch import save_file
-
-    tv = torchvision.models.resnet18(weights=None)
-    with torch.no_grad():
-        tv.conv1.weight.fill_(0.25)
-    path = tmp_path / "r18.safetensors"
-    save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, str(path))
-    model = build("resnet18", 3, pretrained=str(path))
-    assert model.spec["pretrained"] is True
-    assert torch.all(model.stage1.conv1.weight == 0.25)
-    torch.save(tv.state_dict(), tmp_path / "r18.pth")
-    assert build("resnet18", 3, pretrained=str(tmp_path / "r18.pth")).spec["pretrained"] is True
