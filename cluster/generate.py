@@ -32,6 +32,7 @@ from camflow import generate as gen
 from camflow import storage
 from camflow.data.rejects import REJECTS_SCHEMA
 from camflow.models.checkpoint import load_checkpoint
+from camflow.precision import autocast_dtype
 from camflow.shards import ShardStore
 from cluster.connect import actor_options, torch_threads_for, worker_cpus
 
@@ -139,7 +140,9 @@ class CamWorker:
         self.model, self.methods, self.options = model, list(methods), options
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # bfloat16 where the device runs it natively (the weighting itself stays float32).
+        dtype = autocast_dtype(self.device, training=False)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def best_bg_thresholds(self, images: Sequence[gen.DecodedImage]) -> dict[str, float]:
         """Per method, the background score of its best seeds on ``images`` (those with masks)."""

@@ -75,6 +75,9 @@ class ManifestDataset(Dataset):
     def labels(self, index: int) -> list[int]:
         return [int(k) for k in self._labels[index].as_py() or ()]
 
+    def image_id(self, index: int) -> str:
+        return str(self._ids[index].as_py())
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")

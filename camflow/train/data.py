@@ -84,17 +84,27 @@ def data_hash(labels: np.ndarray, image_ids: Sequence[str] | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def select_subset(labels: np.ndarray, proportion: float, seed: int, *, what: str = "training set") -> np.ndarray:
-    """Indices of the label-stratified ``proportion`` subset; raises when it would be empty."""
+def select_subset(labels: np.ndarray, proportion: float, seed: int, *,
+                  image_ids: Sequence[str] | None = None, what: str = "training set") -> np.ndarray:
+    """Indices of the label-stratified ``proportion`` subset; raises when it would be empty.
+
+    With ``image_ids`` the subset is keyed by them, so it is the same one that
+    ``camflow.data.subsets.take_subset`` picks from the manifest (BroadCAM's BLS is fitted on
+    exactly the images the classifier was trained on); without, by row position.
+    """
     n = len(labels)
     if n == 0:
         raise ValueError(f"the {what} is empty: nothing to train on")
     if proportion >= 1.0:
         return np.arange(n)
+    import pyarrow as pa
+
     from camflow.data.subsets import stratified_subset
 
     class_ids = [np.flatnonzero(row > 0.5).tolist() for row in labels]
-    indices = np.asarray(stratified_subset(class_ids, proportion, seed=seed), dtype=np.int64)
+    keyed = class_ids if image_ids is None else pa.table(
+        {"labels": class_ids, "image_id": [str(i) for i in image_ids]})
+    indices = np.asarray(stratified_subset(keyed, proportion, seed=seed), dtype=np.int64)
     if indices.size == 0:
         raise ValueError(
             f"proportion {proportion:g} of the {what} ({n} images) selects no image; "

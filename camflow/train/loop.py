@@ -22,8 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camflow import storage
-from camflow.models.checkpoint import save_checkpoint
+from camflow.models.checkpoint import init_from_checkpoint, save_checkpoint
 from camflow.models.classifier import CamClassifier, build
+from camflow.precision import autocast_dtype
 from camflow.train.config import TrainConfig
 from camflow.train.data import (
     RobustItems,
@@ -59,6 +60,7 @@ class Runtime:
     prepare_model: Callable[[nn.Module], nn.Module] = _identity  # e.g. wrap in DDP
     prepare_loader: Callable[[DataLoader], DataLoader] = _identity  # e.g. add a DistributedSampler
     report: Callable[[dict[str, Any]], None] | None = None  # called once per epoch on every rank
+    on_step: Callable[[int], None] | None = None  # called after every optimiser step (a progress bar)
 
     @property
     def is_chief(self) -> bool:
@@ -67,7 +69,7 @@ class Runtime:
 
 @dataclass
 class TrainResult:
-    checkpoint_uri: str  # the best checkpoint (by validation mAP)
+    checkpoint_uri: str  # the kept checkpoint (config.keep: best val mAP, or the last epoch)
     best_epoch: int
     best_metrics: dict[str, float]
     history: list[dict[str, Any]]  # one record per epoch
@@ -113,8 +115,10 @@ def evaluate(
     device: torch.device | str = "cpu",
     threshold: float = 0.5,
     channels_last: bool = False,
+    amp: bool = False,
 ) -> tuple[dict[str, float], list[tuple[str, str]]]:
-    """Validation metrics (mAP, F1 micro/macro, BCE loss) over ``loader``, and its rejects."""
+    """Validation metrics (mAP, F1 micro/macro, exact match, BCE loss) over ``loader``, and its
+    rejects; ``amp``: in the device's mixed precision (always on CUDA)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -124,7 +128,8 @@ def evaluate(
         if "image" not in batch:
             continue
         images, targets = _to_device(batch, device, channels_last)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
+        dtype = autocast_dtype(device, amp or device.type == "cuda")
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = model(images)
         logits.append(out.float().cpu())
         labels.append(targets.cpu())
@@ -168,13 +173,17 @@ def _check_labels(labels: np.ndarray, num_classes: int, what: str) -> None:
 
 
 def _build_model(config: TrainConfig, num_classes: int) -> CamClassifier:
-    return build(
+    model = build(
         config.model, num_classes, head=config.head, output_stride=config.output_stride,
-        pretrained=config.pretrained, tau=config.tau,
+        pretrained=False if config.init_checkpoint else config.pretrained, tau=config.tau,
     )
+    if config.init_checkpoint:
+        init_from_checkpoint(model, config.init_checkpoint)
+    return model
 
 
-def _run_epoch(objective, loader, optimizer, scheduler, scaler, device, config) -> tuple[list[float], list]:
+def _run_epoch(objective, loader, optimizer, scheduler, scaler, device, config,
+               on_step=None) -> tuple[list[float], list]:
     objective.train()
     losses, rejects = [], []
     for batch in loader:
@@ -182,7 +191,8 @@ def _run_epoch(objective, loader, optimizer, scheduler, scaler, device, config) 
         if "image" not in batch:
             continue
         images, labels = _to_device(batch, device, config.channels_last)
-        with torch.autocast(device.type, enabled=scaler is not None):
+        dtype = autocast_dtype(device, config.amp)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out = objective(images, labels)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -197,6 +207,8 @@ def _run_epoch(objective, loader, optimizer, scheduler, scaler, device, config) 
             optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(len(images))
     return losses, rejects
 
 
@@ -211,7 +223,10 @@ def train(
     runtime: Runtime | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a classifier on ``config.proportion`` of ``train_dataset``; keep the best by val mAP.
+    """Train a classifier on ``config.proportion`` of ``train_dataset``; keep one checkpoint.
+
+    The kept checkpoint is the best by val mAP (``config.keep="best"``) or the last epoch's
+    (``"last"``: the validation set then only reports, it chooses nothing).
 
     Writes ``<out_uri>/best.safetensors`` (see camflow.models.checkpoint) and
     ``<out_uri>/history.json``. Items that fail to load are skipped and listed in the result.
@@ -233,7 +248,8 @@ def train(
     if len(val_dataset) == 0:
         raise ValueError("the validation set is empty")
 
-    indices = select_subset(train_labels, config.proportion, config.seed)
+    indices = select_subset(train_labels, config.proportion, config.seed,
+                            image_ids=dataset_image_ids(train_dataset))
     subset = Subset(train_dataset, indices.tolist())
     ids = dataset_image_ids(subset)
     fingerprint = data_hash(train_labels[indices], ids)
@@ -277,7 +293,8 @@ def train(
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         epoch_start = time.monotonic()
-        losses, epoch_rejects = _run_epoch(objective, train_loader, optimizer, scheduler, scaler, device, config)
+        losses, epoch_rejects = _run_epoch(objective, train_loader, optimizer, scheduler, scaler,
+                                           device, config, runtime.on_step)
         rejects.extend(epoch_rejects)
         step_losses.extend(losses)
         record: dict[str, Any] = {
@@ -290,11 +307,12 @@ def train(
         if runtime.is_chief and due:
             metrics, val_rejects = evaluate(
                 model, val_loader, device=device, threshold=config.f1_threshold,
-                channels_last=config.channels_last,
+                channels_last=config.channels_last, amp=config.amp,
             )
             rejects.extend(val_rejects)
             record.update(metrics)
-            if metrics["mAP"] > best_map:
+            last = epoch == config.epochs - 1
+            if (metrics["mAP"] > best_map) if config.keep == "best" else last:
                 best_map, best_epoch, best_metrics = metrics["mAP"], epoch, metrics
                 save_checkpoint(
                     model, checkpoint_uri,

@@ -62,7 +62,12 @@ def f1_scores(probabilities: np.ndarray, labels: np.ndarray, threshold: float = 
 def classification_metrics(
     logits: np.ndarray, labels: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
-    """mAP (on logits, rank-based) and F1 (on sigmoid probabilities) of one evaluation pass."""
+    """mAP (on logits, rank-based), F1 and exact match (on sigmoid probabilities) of one pass.
+
+    ``exact_match`` is the share of images whose predicted label set is exactly the true one.
+    """
     logits, labels = _check(logits, labels)
     probabilities = 1.0 / (1.0 + np.exp(-logits))
-    return {"mAP": mean_average_precision(logits, labels), **f1_scores(probabilities, labels, threshold)}
+    exact = float(np.mean(np.all((probabilities >= threshold) == labels, axis=1)))
+    return {"mAP": mean_average_precision(logits, labels), **f1_scores(probabilities, labels, threshold),
+            "exact_match": exact}

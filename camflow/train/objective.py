@@ -32,6 +32,7 @@ class Objective(nn.Module):
                 f"labels have shape {tuple(labels.shape)} but the model predicts {tuple(logits.shape)}: "
                 f"the head has {logits.shape[1]} classes"
             )
+        logits = logits.float()  # the loss in float32 under autocast (bfloat16 has 8 mantissa bits)
         targets = labels.to(logits.dtype)
         if self.label_smoothing:
             targets = targets * (1 - self.label_smoothing) + 0.5 * self.label_smoothing

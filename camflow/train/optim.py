@@ -12,21 +12,30 @@ from camflow.train.config import TrainConfig
 __all__ = ["build_optimizer", "build_scheduler"]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Decaying norm scales and biases only hurts; the usual practice exempts them.
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+def _is_loaded(name: str, config: TrainConfig) -> bool:
+    # Weights that start trained: the stages, and with init_checkpoint the main head too (not a
+    # new ReCAM head), whatever wraps the classifier (the objective, DDP's "module.").
+    parts = name.split(".")[:3]
+    return any(p.startswith("stage") for p in parts) or (
+        config.init_checkpoint is not None and "head" in parts)
+
+
+def _param_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
+    # Decaying norm scales and biases only hurts; the usual practice exempts them. The learning
+    # rate of loaded weights may be scaled apart from new ones' (a pretrained backbone, ReCAM).
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((_is_loaded(name, config), param.ndim <= 1), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": 0.0 if no_decay else config.weight_decay,
+         "lr": config.lr * (config.backbone_lr_scale if backbone else 1.0)}
+        for (backbone, no_decay), params in sorted(groups.items())
     ]
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = _param_groups(model, config.weight_decay)
+    groups = _param_groups(model, config)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -39,7 +48,8 @@ def build_scheduler(
     total = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25,
+            optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total, pct_start=0.25,
             div_factor=25.0, final_div_factor=1e3,
         )
     warmup = int(round(config.warmup_epochs * steps_per_epoch))

@@ -42,3 +42,16 @@ def test_an_empty_proportion_subset_is_refused(tmp_path, tiny_benchmark) -> None
     config = TrainConfig(proportion=0.001, epochs=1, image_size=48, threads=1)
     with pytest.raises(ValueError, match="selects no image"):
         train(config, train_ds, val_ds, out_uri=str(tmp_path / "run"), classes=classes)
+
+
+def test_the_training_subset_is_the_one_the_bls_is_fitted_on(tiny_benchmark) -> None:
+    from camflow.data.subsets import take_subset
+    from camflow.train.data import dataset_image_ids
+
+    train_manifest, val_manifest, classes = tiny_benchmark
+    train_ds, _ = manifest_datasets(train_manifest, val_manifest, len(classes), image_size=48)
+    labels, ids = dataset_labels(train_ds), dataset_image_ids(train_ds)
+    for seed in (0, 1):
+        picked = select_subset(labels, 0.25, seed, image_ids=ids)
+        expected = take_subset(train_manifest, 0.25, seed=seed)["image_id"].to_pylist()
+        assert [ids[i] for i in picked] == expected

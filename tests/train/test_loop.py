@@ -115,3 +115,25 @@ def test_eval_every_skips_validation_but_not_the_last_epoch(tmp_path, squares) -
     result = train(_config(epochs=3, eval_every=2), squares(16), squares(8, seed=1),
                    out_uri=str(tmp_path / "run"))
     assert ["mAP" in h for h in result.history] == [False, True, True]
+
+
+def test_keep_last_keeps_the_last_epoch_and_a_second_stage_starts_from_a_checkpoint(
+        tmp_path, squares) -> None:
+    train_ds, val_ds = squares(32), squares(16, seed=1)
+    first = train(_config(epochs=3, keep="last"), train_ds, val_ds, out_uri=str(tmp_path / "a"))
+    assert first.best_epoch == 2 and first.history[-1]["mAP"] == first.best_metrics["mAP"]
+    gap, _ = load_checkpoint(first.checkpoint_uri)
+    second = train(_config(epochs=1, head="recam", init_checkpoint=first.checkpoint_uri),
+                   train_ds, val_ds, out_uri=str(tmp_path / "b"))
+    recam, meta = load_checkpoint(second.checkpoint_uri)
+    assert meta["config"]["init_checkpoint"] == first.checkpoint_uri
+    assert recam.spec["head"] == "recam" and hasattr(recam, "recam_head")
+
+    from camflow.models import CheckpointError, build
+    from camflow.models.checkpoint import init_from_checkpoint
+
+    fresh = build("resnet18", 3, head="recam")
+    init_from_checkpoint(fresh, first.checkpoint_uri)
+    assert torch.equal(fresh.stage1.conv1.weight, gap.stage1.conv1.weight)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        init_from_checkpoint(build("resnet18", 4, head="recam"), first.checkpoint_uri)

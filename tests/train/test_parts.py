@@ -51,7 +51,11 @@ def test_metrics_match_scikit_learn() -> None:
     assert f1["f1_micro"] == pytest.approx(f1_score(labels, probs >= 0.5, average="micro"))
     assert f1["f1_macro"] == pytest.approx(f1_score(labels, probs >= 0.5, average="macro"))
     perfect = classification_metrics(np.where(labels, 5.0, -5.0), labels)
-    assert perfect == {"mAP": 1.0, "f1_micro": 1.0, "f1_macro": 1.0}
+    assert perfect == {"mAP": 1.0, "f1_micro": 1.0, "f1_macro": 1.0, "exact_match": 1.0}
+    from sklearn.metrics import accuracy_score  # multi-label: the exact-match ratio
+
+    assert classification_metrics(scores, labels)["exact_match"] == pytest.approx(
+        accuracy_score(labels, probs >= 0.5))
     with pytest.raises(ValueError, match="must both be"):
         classification_metrics(scores[:, :3], labels)
 
@@ -79,3 +83,49 @@ def test_transforms_give_normalised_tensors_of_the_requested_size() -> None:
     ev = eval_transform(48)(image)
     assert ev.shape == (3, 48, 48)
     assert ev.abs().max() < 0.02  # the ImageNet mean colour normalises to about 0
+
+
+def test_loaded_weights_learn_at_a_scaled_rate_and_new_heads_at_lr() -> None:
+    from camflow.models import build
+    from camflow.train.objective import Objective
+
+    model = Objective(build("resnet18", 3, head="recam"))
+    config = TrainConfig(lr=0.01, backbone_lr_scale=0.1)
+    rates = {}
+    for group in build_optimizer(model, config).param_groups:
+        for param in group["params"]:
+            rates[id(param)] = group["lr"]
+    named = dict(model.named_parameters())
+    assert rates[id(named["model.stage1.conv1.weight"])] == pytest.approx(0.001)
+    assert rates[id(named["model.head.classifier.weight"])] == pytest.approx(0.01)
+    assert rates[id(named["model.recam_head.weight"])] == pytest.approx(0.01)
+    # A second stage from a checkpoint: the main head was loaded too; the ReCAM head is new.
+    stage = build_optimizer(model, config.replace(init_checkpoint="x.safetensors"))
+    rates = {id(p): g["lr"] for g in stage.param_groups for p in g["params"]}
+    assert rates[id(named["model.head.classifier.weight"])] == pytest.approx(0.001)
+    assert rates[id(named["model.recam_head.weight"])] == pytest.approx(0.01)
+
+
+def test_colour_jitter_follows_torchvision_formulas() -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    from camflow.train.augment import ColourJitter
+
+    image = torch.rand(3, 16, 16) * 0.8 + 0.1
+    torch.manual_seed(3)
+    out = ColourJitter(0.3)(image.clone())
+    torch.manual_seed(3)
+    b, c, s = (1 + (torch.rand(3) * 2 - 1) * 0.3).tolist()
+    expected = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(image, b), c), s)
+    assert torch.allclose(out, expected, atol=1e-4) and out.shape == image.shape
+
+
+def test_presets_from_random_init_and_for_fine_tuning() -> None:
+    scratch, tuned = TrainConfig.embedded(0.05), TrainConfig.embedded(0.05, pretrained="b.safetensors")
+    assert scratch.keep == tuned.keep == "last"
+    assert (scratch.lr, scratch.backbone_lr_scale, scratch.output_stride) == (3e-3, 1.0, 32)
+    assert (tuned.lr, tuned.backbone_lr_scale, tuned.output_stride) == (1e-2, 0.1, 16)
+    assert [TrainConfig.embedded(p, pretrained=True).epochs for p in (0.01, 0.2, 1.0)] == [60, 30, 6]
+    recam = tuned.recam_stage("ckpt.safetensors")
+    assert (recam.head, recam.init_checkpoint, recam.pretrained) == ("recam", "ckpt.safetensors", False)
+    assert recam.epochs == 20 and recam.backbone_lr_scale == 0.1 and recam.recam_weight == 1.0
