@@ -2,8 +2,12 @@
 
 ``results`` maps a training proportion to what the pipeline measured for it::
 
-    {0.05: {"train": {"mAP": ..}, "methods": {"broadcam": {"seed_mIoU": .., ...}, ...},
-            "times": {"train": s, "fit_bls": s, "generate": s}}, ...}
+    {"p0.05": {"proportion": 0.05, "seed": 0, "train": {"mAP": ..},
+               "methods": {"broadcam": {"seed_mIoU": .., ...}, ...},
+               "times": {"train": s, "fit_bls": s, "generate": s}}, ...}
+
+keyed by run label (``p0.05``, ``p0.05-s1`` for another training seed). A sweep's several seeds
+per proportion are summarised as mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from camflow.postprocess import decode_label_png
 from camflow.shards import ShardStore
 
 HEADLINE = ("seed_mIoU", "seed_best_threshold", "mask_mIoU", "mask_bg_threshold", "MaxBoxAccV2", "PxAP")
+# The metrics a sweep summarises over its seeds (and plots), with the classifier's own.
+SUMMARY = ("classifier_mAP", "seed_mIoU", "mask_mIoU", "MaxBoxAccV2", "PxAP")
 
 
 def _fmt(value: Any) -> str:
@@ -32,17 +38,57 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def metrics_rows(results: Mapping[float, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per proportion and method: the headline metrics, flat (for tables and CSV)."""
+def _entries(results: Mapping[Any, Mapping[str, Any]]) -> list[tuple[float, int, Mapping[str, Any]]]:
+    """(proportion, seed, entry) sorted; entries keyed by a proportion alone have seed 0."""
+    out = [(float(entry.get("proportion", key)), int(entry.get("seed", 0)), entry)
+           for key, entry in results.items()]
+    return sorted(out, key=lambda t: (t[0], t[1]))
+
+
+def metrics_rows(results: Mapping[Any, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run (proportion, seed) and method: the headline metrics, flat."""
     rows = []
-    for proportion in sorted(results):
-        entry = results[proportion]
+    for proportion, seed, entry in _entries(results):
         for method, metrics in entry["methods"].items():
-            row = {"proportion": proportion, "method": method,
+            row = {"proportion": proportion, "seed": seed, "method": method,
                    "classifier_mAP": entry.get("train", {}).get("mAP", float("nan"))}
             row.update({k: metrics.get(k, float("nan")) for k in HEADLINE})
             rows.append(row)
     return rows
+
+
+def summary_rows(results: Mapping[Any, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per proportion and method: mean and standard deviation over the seeds of each metric.
+
+    ``<metric>`` is the mean, ``<metric>_std`` the population standard deviation (0 with one
+    seed), ``seeds`` their number.
+    """
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = {}
+    for row in metrics_rows(results):
+        groups.setdefault((row["proportion"], row["method"]), []).append(row)
+    out = []
+    for (proportion, method), rows in groups.items():
+        summary: dict[str, Any] = {"proportion": proportion, "method": method, "seeds": len(rows)}
+        for key in SUMMARY:
+            values = np.array([r[key] for r in rows], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            summary[key] = float(values.mean()) if values.size else float("nan")
+            summary[f"{key}_std"] = float(values.std()) if values.size else float("nan")
+        out.append(summary)
+    return out
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: one row per proportion and method, ``mean ± std`` per metric."""
+    def cell(row: Mapping[str, Any], key: str) -> str:
+        mean, std = row[key], row[f"{key}_std"]
+        return _fmt(mean) if row["seeds"] == 1 or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+    header = ["proportion", "method", "seeds", *SUMMARY]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([f"{r['proportion']:g}", r["method"], str(r["seeds"]),
+                                 *(cell(r, k) for k in SUMMARY)]) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -54,12 +100,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def seed_curve(results: Mapping[float, Mapping[str, Any]]) -> dict[str, dict[float, float]]:
-    series: dict[str, dict[float, float]] = {}
-    for proportion, entry in results.items():
-        for method, metrics in entry["methods"].items():
-            series.setdefault(method, {})[proportion] = metrics.get("seed_mIoU", float("nan"))
-    return series
+def metric_curves(results: Mapping[Any, Mapping[str, Any]]
+                  ) -> dict[str, dict[str, dict[float, tuple[float, float]]]]:
+    """{metric: {method: {proportion: (mean, std)}}} over the seeds, for the plots."""
+    curves: dict[str, dict[str, dict[float, tuple[float, float]]]] = {}
+    for row in summary_rows(results):
+        for key in SUMMARY[1:]:
+            curves.setdefault(key, {}).setdefault(row["method"], {})[row["proportion"]] = (
+                row[key], row[f"{key}_std"])
+    return curves
 
 
 def _rows_for(table: pa.Table, image_id: str) -> list[dict[str, Any]]:
@@ -68,11 +117,16 @@ def _rows_for(table: pa.Table, image_id: str) -> list[dict[str, Any]]:
     return table.filter(pc.equal(table["image_id"], image_id)).to_pylist()
 
 
-def overlay_grid(store: ShardStore, methods: Sequence[str], manifest: pa.Table,
+def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
                  image_ids: Sequence[str], *, cell: int = 112) -> bytes:
-    """PNG: per image a row with the image, then seed heat map and pseudo mask + boxes per method."""
+    """PNG: per image a row with the image, then seed heat map and pseudo mask + boxes per method.
+
+    ``stores`` maps each method to the store of the run that holds it (ReCAM's classifier
+    writes a run of its own).
+    """
     by_id = {r["image_id"]: r for r in manifest.to_pylist()}
-    tables = {m: {t: store.read(t, m) for t in ("seeds", "masks", "boxes")} for m in methods}
+    methods = list(stores)
+    tables = {m: {t: stores[m].read(t, m) for t in ("seeds", "masks", "boxes")} for m in methods}
     rows, labels = [], []
     for image_id in image_ids:
         record = by_id[image_id]
@@ -93,29 +147,32 @@ def overlay_grid(store: ShardStore, methods: Sequence[str], manifest: pa.Table,
     return viz.png_bytes(viz.grid(rows, row_labels=labels, column_labels=columns, cell=cell))
 
 
-def write_report(run_dir: str, results: Mapping[float, Mapping[str, Any]],
+def write_report(run_dir: str, results: Mapping[str, Mapping[str, Any]],
                  overlays: Mapping[str, bytes], *, title: str = "camflow run",
                  notes: Sequence[str] = ()) -> dict[str, str]:
     """Write metrics.json, report.md and the PNGs under ``run_dir``; returns their URIs."""
     metrics_uri = storage.join(run_dir, "metrics.json")
-    doc = {f"{p:g}": results[p] for p in sorted(results)}
+    ordered = [entry for _, _, entry in _entries(results)]
+    doc = {entry.get("run", f"p{entry['proportion']:g}"): entry for entry in ordered}
     storage.write_bytes(json.dumps(doc, indent=2, default=float).encode(), metrics_uri)
-    plot = viz.line_plot(seed_curve(results), xlabel="training proportion (%)",
-                         ylabel="seed mIoU (best background threshold)",
-                         title="Seed quality against training data")
-    plot_uri = storage.join(run_dir, "seed_miou_vs_proportion.png")
+    plot = viz.metric_panels(metric_curves(results), xlabel="training proportion (%)",
+                             title="Against the training data (mean ± std over seeds)")
+    plot_uri = storage.join(run_dir, "metrics_vs_proportion.png")
     storage.write_bytes(plot, plot_uri)
-    rows = metrics_rows(results)
-    lines = [f"# {title}", "", "## Metrics", "", markdown_table(rows), "",
-             "Columns: seed mIoU at the best background threshold of the sweep (and that "
-             "threshold), pseudo-mask mIoU at the configured threshold, MaxBoxAccV2 and PxAP "
-             "against the benchmark's boxes and masks.", "",
+    summary = summary_rows(results)
+    lines = [f"# {title}", "", "## Metrics", "", summary_table(summary), "",
+             "Columns: the classifier's val mAP, seed mIoU at the best background threshold of "
+             "the sweep, pseudo-mask mIoU at the calibrated (or configured) background score, "
+             "MaxBoxAccV2 and PxAP against the benchmark's boxes and masks. With several training "
+             "seeds per proportion: mean ± standard deviation over them.", "",
+             "## Every run", "", markdown_table(metrics_rows(results)), "",
              "## Time per stage (seconds)", ""]
-    stages = sorted({s for entry in results.values() for s in entry.get("times", {})})
-    time_rows = [{"proportion": p, **{s: results[p].get("times", {}).get(s, float("nan"))
-                                      for s in stages}} for p in sorted(results)]
-    lines += [markdown_table(time_rows), "", "## Seed mIoU against training proportion", "",
-              "![seed mIoU](seed_miou_vs_proportion.png)", ""]
+    stages = sorted({s for entry in ordered for s in entry.get("times", {})})
+    time_rows = [{"run": entry.get("run", f"p{entry['proportion']:g}"),
+                  **{s: entry.get("times", {}).get(s, float("nan")) for s in stages}}
+                 for entry in ordered]
+    lines += [markdown_table(time_rows), "", "## Metrics against training proportion", "",
+              "![metrics](metrics_vs_proportion.png)", ""]
     written = {"metrics": metrics_uri, "plot": plot_uri}
     for name, png in overlays.items():
         uri = storage.join(run_dir, f"overlays_{name}.png")

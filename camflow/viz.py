@@ -64,23 +64,60 @@ def grid(rows: Sequence[Sequence[Image.Image]], *, pad: int = 2,
     return sheet
 
 
-def line_plot(series: Mapping[str, Mapping[float, float]], *, xlabel: str, ylabel: str,
-              title: str, percent_x: bool = True) -> bytes:
-    """PNG bytes of one line per series (x -> y), e.g. seed mIoU against training proportion."""
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+def _curves(ax, series: Mapping[str, Mapping[float, float | tuple[float, float]]],
+            percent_x: bool) -> None:
     for name, points in series.items():
         xs = sorted(points)
-        ax.plot([x * 100 if percent_x else x for x in xs], [points[x] for x in xs], marker="o",
-                label=name)
+        values = [points[x] if isinstance(points[x], tuple) else (points[x], 0.0) for x in xs]
+        shown = [x * 100 if percent_x else x for x in xs]
+        mean = np.array([v[0] for v in values], dtype=np.float64)
+        std = np.array([v[1] for v in values], dtype=np.float64)
+        (line,) = ax.plot(shown, mean, marker="o", label=name)
+        if np.any(std > 0):
+            ax.fill_between(shown, mean - std, mean + std, color=line.get_color(), alpha=0.18,
+                            linewidth=0)
     if percent_x:
         ax.set_xscale("log")
+    ax.grid(True, alpha=0.3)
+
+
+def line_plot(series: Mapping[str, Mapping[float, float | tuple[float, float]]], *, xlabel: str,
+              ylabel: str, title: str, percent_x: bool = True) -> bytes:
+    """PNG bytes of one line per series (x -> y, or x -> (mean, std) drawn with a band)."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    _curves(ax, series, percent_x)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
     fig.tight_layout()
+    return _png(fig)
+
+
+def metric_panels(panels: Mapping[str, Mapping[str, Mapping[float, float | tuple[float, float]]]],
+                  *, xlabel: str, title: str, percent_x: bool = True) -> bytes:
+    """PNG bytes: one panel per metric ({metric: series}), lines per method with std bands."""
+    count = max(1, len(panels))
+    columns = min(2, count)
+    rows = -(-count // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), dpi=100,
+                             squeeze=False)
+    for ax, (metric, series) in zip(axes.flat, panels.items()):
+        _curves(ax, series, percent_x)
+        ax.set_title(metric)
+        ax.set_xlabel(xlabel)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 7), frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()

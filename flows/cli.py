@@ -1,4 +1,4 @@
-"""The ``camflow`` command: run, sweep, serve, show, config.
+"""The ``camflow`` command: run, sweep, pretrain, serve, show, config.
 
 User mistakes (a bad config key, a missing dataset or run) end in one line and a hint, exit 2;
 anything else is a bug and keeps its traceback.
@@ -44,6 +44,12 @@ def _config(args: argparse.Namespace) -> RunConfig:
     if cfg.data.root and "://" not in cfg.data.root and not Path(cfg.data.root).exists():
         raise UserError(f"dataset path {cfg.data.root} does not exist",
                         "set data.root to the dataset folder, or data.kind: embedded")
+    pretrained = cfg.model.pretrained
+    if isinstance(pretrained, str) and pretrained not in ("imagenet", "embedded") and \
+            "://" not in pretrained and not Path(pretrained).is_file():
+        raise UserError(f"model.pretrained: {pretrained} is not a file",
+                        "give a torchvision state dict (.safetensors/.pth), or false, imagenet, "
+                        "embedded")
     return cfg
 
 
@@ -79,10 +85,10 @@ def deployments(cfg: RunConfig) -> list[Any]:
     ]
 
 
-def _print_metrics(results: dict[Any, dict[str, Any]]) -> None:
-    from camflow.report import markdown_table, metrics_rows
+def _print_metrics(results: dict[str, dict[str, Any]]) -> None:
+    from camflow.report import summary_rows, summary_table
 
-    print(markdown_table(metrics_rows({float(k): v for k, v in results.items()})))
+    print(summary_table(summary_rows(results)))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -100,13 +106,34 @@ def cmd_show(args: argparse.Namespace) -> int:
     _print_metrics(results)
     manifest = read_manifest(storage.join(run, "manifests", f"{args.split}.parquet"))
     image_ids = manifest["image_id"].to_pylist()[: args.images]
-    for proportion in results:
-        store = ShardStore(storage.join(run, "outputs"), f"p{float(proportion):g}")
-        methods = sorted({c.method for c in store.commits()} - {"decode"})
-        png = report.overlay_grid(store, methods, manifest, image_ids)
-        out = storage.join(run, f"show_p{float(proportion):g}.png")
+    for key, entry in results.items():
+        label = entry.get("run") or f"p{float(key):g}"
+        stores = {}
+        for run_id in (label, f"{label}-recam"):
+            store = ShardStore(storage.join(run, "outputs"), run_id)
+            stores.update({m: store for m in sorted({c.method for c in store.commits()} - {"decode"})})
+        if not stores:
+            continue
+        png = report.overlay_grid(stores, manifest, image_ids)
+        out = storage.join(run, f"show_{label}.png")
         storage.write_bytes(png, out)
-        print(f"overlays ({', '.join(methods)}): {out}")
+        print(f"overlays ({', '.join(stores)}): {out}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from flows.pipeline import pretrain
+
+    cfg = _config(args)
+    if args.out and not args.out.endswith(".safetensors"):
+        raise UserError(f"--out {args.out} is not a .safetensors file",
+                        "e.g. --out runs/backbones/resnet18.safetensors (the card goes beside it)")
+    result = pretrain(cfg.model_dump(mode="json"), backbone=args.backbone, out=args.out)
+    card = result["card"]
+    print(f"source-val mAP {card['val']['mAP']:.3f}, exact match {card['val']['exact_match']:.3f} "
+          f"after {card['epochs']} epochs on {len(card['source']['classes'])} source classes "
+          f"({card['seconds']:.0f} s)")
+    print(result["weights"])
     return 0
 
 
@@ -130,6 +157,12 @@ def parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("run", help="run the pipeline once")).set_defaults(func=cmd_run)
     with_config(sub.add_parser("sweep", help="proportions x methods comparison")).set_defaults(
         func=lambda a: cmd_run(a, flow_name="sweep"))
+    pretrain = with_config(sub.add_parser(
+        "pretrain", help="pretrain a backbone on the source benchmark (cached, or to --out)"))
+    pretrain.add_argument("--backbone", help="default: model.backbone of the config (resnet18)")
+    pretrain.add_argument("--out", metavar="URI", help="write the weights to this .safetensors "
+                          "file or URI (the card beside it) instead of the cache")
+    pretrain.set_defaults(func=cmd_pretrain)
     with_config(sub.add_parser("serve", help="serve deployments with the configured cron schedule")
                 ).set_defaults(func=cmd_serve)
     with_config(sub.add_parser("config", help="print the resolved config")).set_defaults(

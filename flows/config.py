@@ -12,6 +12,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from camflow.data.source import SourceParams
+from camflow.models.pretrained import EMBEDDED
+from camflow.pretrain import PretrainConfig
+
 CAM_METHODS = (
     "broadcam", "cam", "cam_nwc", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "recam",
 )
@@ -44,9 +48,40 @@ class DataConfig(Section):
 class ModelConfig(Section):
     backbone: str = "resnet18"
     head: Literal["gap", "tap", "recam"] = "gap"
-    output_stride: Literal[8, 16, 32] = 32
-    pretrained: bool = False
+    output_stride: Literal[8, 16, 32] | None = Field(
+        None, description="default: the data's preset (the embedded benchmark's, else 32)")
+    pretrained: bool | str | None = Field(
+        None, description="false: random init; true or imagenet: torchvision's ImageNet weights "
+        "(needs a network); embedded: camflow's backbone pretrained on the source benchmark "
+        "(built once, cached under $CAMFLOW_CACHE); or the path/URI of a torchvision state dict. "
+        "Default: embedded for the embedded benchmark, false otherwise")
     checkpoint: str | None = Field(None, description="start from this checkpoint instead of training")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_form(cls, value: bool | str | None) -> bool | str | None:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("model.pretrained must be false, true, imagenet, embedded or a path")
+        return value
+
+
+class PretrainSection(Section):
+    """The source-pretrained backbone (model.pretrained: embedded); defaults are the recipe's."""
+
+    epochs: int = Field(PretrainConfig.epochs, ge=1)
+    image_size: int = Field(PretrainConfig.image_size, ge=32)
+    batch_size: int = Field(PretrainConfig.batch_size, ge=2)
+    lr: float = Field(PretrainConfig.lr, gt=0)
+    seed: int = PretrainConfig.seed
+    source_train: int = Field(SourceParams.train, ge=1, description="source training images")
+    source_val: int = Field(SourceParams.val, ge=1, description="source validation images")
+    source_seed: int = SourceParams.seed
+
+    def recipe(self, backbone: str) -> PretrainConfig:
+        source = SourceParams(seed=self.source_seed, train=self.source_train, val=self.source_val)
+        return PretrainConfig(backbone=backbone, source=source, epochs=self.epochs,
+                              image_size=self.image_size, batch_size=self.batch_size, lr=self.lr,
+                              seed=self.seed)
 
 
 class TrainConfigSection(Section):
@@ -125,6 +160,16 @@ class ClusterConfig(Section):
 
 class SweepConfig(Section):
     proportions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2],
+                             description="training seeds (subset and initialisation) per proportion")
+    seeds_up_to: float = Field(0.1, gt=0, le=1, description="larger proportions use seeds[0] only")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("sweep.seeds must name distinct seeds, at least one")
+        return value
 
 
 class ScheduleConfig(Section):
@@ -138,6 +183,7 @@ class RunConfig(Section):
     run_id: str | None = Field(None, description="default: <name>-<UTC timestamp>")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
+    pretrain: PretrainSection = PretrainSection()
     train: TrainConfigSection = TrainConfigSection()
     bls: BLSConfig = BLSConfig()
     cams: CamsConfig = CamsConfig()
@@ -145,6 +191,21 @@ class RunConfig(Section):
     cluster: ClusterConfig = ClusterConfig()
     sweep: SweepConfig = SweepConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_defaults(cls, values: Any) -> Any:
+        """Fill the defaults that depend on the data: the embedded benchmark's backbone."""
+        if not isinstance(values, dict):
+            return values
+        model = values.get("model")
+        if model is None:
+            model = {}
+        if not isinstance(model, dict) or model.get("pretrained") is not None:
+            return values
+        data = values.get("data") or {}
+        kind = data.get("kind", "embedded") if isinstance(data, dict) else "embedded"
+        return {**values, "model": {**model, "pretrained": EMBEDDED if kind == "embedded" else False}}
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,5 @@
-"""The camflow pipeline as a Prefect flow: data -> train -> BroadCAM -> seeds/masks/boxes -> report.
+"""The camflow pipeline as Prefect flows: data -> (pretrained backbone) -> train -> BroadCAM ->
+seeds/masks/boxes -> report; the proportion sweep; the backbone pretraining on its own.
 
     python -m flows.pipeline [CONFIG.yaml]      (or: camflow run [CONFIG.yaml])
 """
@@ -14,53 +15,96 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from camflow import storage
+from camflow.models.pretrained import EMBEDDED
 from flows.config import RunConfig, load_config, parse_config
 from tasks.bls import fit_broadcam
 from tasks.cams import generate_cams
 from tasks.data import prepare_data
+from tasks.pretrain import pretrain_backbone
 from tasks.report import write_report
-from tasks.train import train_classifier
+from tasks.train import train_classifier, train_recam
 
 
 def new_run_id(name: str) -> str:
     return f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
 
 
-def run_stages(cfg: RunConfig, proportions: Sequence[float], *, title: str) -> dict[str, Any]:
-    """Every stage for every proportion, then the report; shared by the pipeline and the sweep."""
+def run_label(proportion: float, seed: int, base_seed: int) -> str:
+    """The name of one training run in the outputs: ``p0.05``, or ``p0.05-s1`` for other seeds."""
+    return f"p{proportion:g}" if seed == base_seed else f"p{proportion:g}-s{seed}"
+
+
+def planned_runs(cfg: RunConfig, proportions: Sequence[float],
+                 seeds: Sequence[int] | None = None) -> list[tuple[float, int]]:
+    """(proportion, training seed) pairs: every seed up to ``sweep.seeds_up_to``, one above."""
+    if seeds is None:
+        return [(p, cfg.train.seed) for p in proportions]
+    return [(p, s) for p in proportions for s in (seeds if p <= cfg.sweep.seeds_up_to else seeds[:1])]
+
+
+def resolve_pretrained(cfg: RunConfig, run_dir: str) -> Any:
+    """``model.pretrained`` as training takes it: the source backbone becomes a file in the run."""
+    if cfg.model.pretrained != EMBEDDED or cfg.model.checkpoint:
+        return cfg.model.pretrained
+    recipe = cfg.pretrain.recipe(cfg.model.backbone)
+    return pretrain_backbone(recipe.to_dict(), run_dir)["weights"]
+
+
+def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str) -> dict[str, Any]:
+    """Every stage for every (proportion, seed), then the report; the pipeline's and the sweep's."""
     log = get_run_logger()
     run_id = cfg.run_id or new_run_id(cfg.name)
     run_dir = storage.join(cfg.output, run_id)
     log.info("run %s -> %s", run_id, storage.redact(run_dir))
     data, cluster = cfg.data.model_dump(), cfg.cluster.model_dump()
     cams, post = cfg.cams.model_dump(), cfg.postprocess.model_dump()
+    methods = list(cfg.cams.methods)
+    main_cams = {**cams, "methods": [m for m in methods if m != "recam"]}
 
     started = time.monotonic()
     prepared = prepare_data(data, run_dir)
     prepare_seconds = time.monotonic() - started
-    results: dict[float, dict[str, Any]] = {}
-    generated: dict[float, dict[str, Any]] = {}
+    model = {**cfg.model.model_dump(), "pretrained": resolve_pretrained(cfg, run_dir)}
+    training = cfg.train.model_dump()
+    results: dict[str, dict[str, Any]] = {}
+    generated: dict[str, list[dict[str, Any]]] = {}
     # Every classifier first: locally they train in this process, and a local Ray kept alive
     # beside them (it starts with the first BLS fit) slows training by a fifth on two cores.
-    classifiers = {p: train_classifier(cfg.model.model_dump(), cfg.train.model_dump(), data,
-                                       prepared, p, run_dir, cluster) for p in proportions}
-    for proportion in proportions:
-        trained = classifiers[proportion]
+    labels = {run: run_label(*run, cfg.train.seed) for run in runs}
+    classifiers = {run: train_classifier(model, training, data, prepared, run[0], run_dir, cluster,
+                                         seed=run[1], label=labels[run]) for run in runs}
+    recams = {run: train_recam(classifiers[run]["checkpoint"], model, training, data, prepared,
+                               run[0], run_dir, cluster, seed=run[1], label=labels[run])
+              for run in runs} if "recam" in methods else {}
+    for run in runs:
+        (proportion, seed), label, trained = run, labels[run], classifiers[run]
         fitted = None
-        if "broadcam" in cfg.cams.methods:
+        if "broadcam" in methods:
             fitted = fit_broadcam(cfg.bls.model_dump(), prepared, trained["checkpoint"], proportion,
-                                  cfg.train.seed, cfg.data.image_size, run_dir, cluster)
-        generated[proportion] = generate_cams(cams, post, prepared, trained["checkpoint"], fitted,
-                                              proportion, cfg.data.image_size, run_dir, cluster)
-        results[proportion] = {
+                                  seed, cfg.data.image_size, run_dir, cluster, label=label)
+        jobs = []
+        if main_cams["methods"]:
+            jobs.append(generate_cams(main_cams, post, prepared, trained["checkpoint"], fitted,
+                                      proportion, cfg.data.image_size, run_dir, cluster,
+                                      label=label))
+        if run in recams:
+            jobs.append(generate_cams({**cams, "methods": ["recam"]}, post, prepared,
+                                      recams[run]["checkpoint"], None, proportion,
+                                      cfg.data.image_size, run_dir, cluster, label=f"{label}-recam"))
+        generated[label] = jobs
+        results[label] = {
+            "run": label, "proportion": proportion, "seed": seed,
             "train": trained["metrics"],
-            "methods": generated[proportion]["metrics"],
+            "methods": {m: v for job in jobs for m, v in job["metrics"].items()},
             "times": {"prepare_data": prepare_seconds, "train": trained["seconds"],
+                      "train_recam": recams[run]["seconds"] if run in recams else 0.0,
                       "fit_bls": fitted["seconds"] if fitted else 0.0,
-                      "generate": generated[proportion]["seconds"]},
+                      "generate": sum(job["seconds"] for job in jobs)},
         }
-    written = write_report(results, generated, prepared, list(cfg.cams.methods), cfg.cams.split,
-                           run_dir, title=title)
+        if run in recams:
+            results[label]["train_recam"] = recams[run]["metrics"]
+    written = write_report(results, generated, prepared, methods, cfg.cams.split, run_dir,
+                           title=title)
     return {"run_id": run_id, "run_dir": run_dir, "results": results, **written}
 
 
@@ -68,14 +112,29 @@ def run_stages(cfg: RunConfig, proportions: Sequence[float], *, title: str) -> d
 def pipeline(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on each configured proportion, fit BroadCAM, make seeds, masks and boxes, evaluate."""
     cfg = parse_config(config)
-    return run_stages(cfg, cfg.train.proportions, title=f"camflow run: {cfg.name}")
+    return run_stages(cfg, planned_runs(cfg, cfg.train.proportions),
+                      title=f"camflow run: {cfg.name}")
 
 
 @flow(name="camflow-sweep", log_prints=True)
 def sweep(config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """BroadCAM's central comparison: seed mIoU against training proportion, one line per method."""
+    """BroadCAM's central comparison: every metric against training proportion, per method.
+
+    Proportions up to ``sweep.seeds_up_to`` are trained with every one of ``sweep.seeds``; the
+    report gives mean and standard deviation over them.
+    """
     cfg = parse_config(config)
-    return run_stages(cfg, cfg.sweep.proportions, title=f"camflow sweep: {cfg.name}")
+    return run_stages(cfg, planned_runs(cfg, cfg.sweep.proportions, cfg.sweep.seeds),
+                      title=f"camflow sweep: {cfg.name}")
+
+
+@flow(name="camflow-pretrain", log_prints=True)
+def pretrain(config: dict[str, Any] | None = None, backbone: str | None = None,
+             out: str | None = None) -> dict[str, Any]:
+    """Pretrain a backbone on the source benchmark: into the cache, or to ``out`` (.safetensors)."""
+    cfg = parse_config(config)
+    recipe = cfg.pretrain.recipe(backbone or cfg.model.backbone)
+    return pretrain_backbone(recipe.to_dict(), out=out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from tasks.common import CACHED, RETRIED, ray_for
 @task(name="fit-broadcam", **CACHED, **RETRIED)
 def fit_broadcam(bls: dict[str, Any], prepared: dict[str, Any], checkpoint: str, proportion: float,
                  seed: int, image_size: int, run_dir: str, cluster: dict[str, Any],
-                 shard_size: int = 256) -> dict[str, Any]:
+                 shard_size: int = 256, label: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     ray_for(cluster)
     subset = take_subset(read_manifest(prepared["train_manifest"]), proportion, seed=seed).to_pylist()
@@ -29,7 +29,7 @@ def fit_broadcam(bls: dict[str, Any], prepared: dict[str, Any], checkpoint: str,
                                 num_workers=cluster["workers"], alpha=bls["alpha"],
                                 step=bls["step"], enhance=bls["enhance"],
                                 num_cpus_per_worker=cluster["cpus_per_worker"])
-    uri = storage.join(run_dir, "bls", f"p{proportion:g}.safetensors")
+    uri = storage.join(run_dir, "bls", f"{label or f'p{proportion:g}'}.safetensors")
     model.save(uri)
     log.info("BLS on %d images: %d features, %d enhancement nodes per class (%.0f s)",
              len(subset), model.coef_.shape[0], model.nodes_per_class_, time.monotonic() - started)

@@ -54,7 +54,8 @@ def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
 @task(name="generate-cams", **RETRIED)
 def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str, Any],
                   checkpoint: str, bls_result: dict[str, Any] | None, proportion: float,
-                  image_size: int, run_dir: str, cluster: dict[str, Any]) -> dict[str, Any]:
+                  image_size: int, run_dir: str, cluster: dict[str, Any],
+                  label: str | None = None) -> dict[str, Any]:
     log = get_run_logger()
     ray_for(cluster)
     options = GenerateOptions(
@@ -65,7 +66,7 @@ def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str
         bg_alpha=post["bg_power"] or 4.0, box_method=post["box_method"], box_tau=post["box_tau"],
         box_percentile=post["box_percentile"],
         components="all" if post["all_components"] else "largest", crf=post["crf"])
-    job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=f"p{proportion:g}",
+    job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=label or f"p{proportion:g}",
                         methods=cam_methods(cams, bls_result), options=options,
                         shard_size=cams["shard_size"])
     started = time.monotonic()
@@ -79,7 +80,7 @@ def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str
                             cpus_per_worker=cluster["cpus_per_worker"],
                             progress=sys.stderr.isatty())
     seconds = time.monotonic() - started
-    log.info("proportion %g: %d shards (%d skipped), %d rejects, %.0f s", proportion,
+    log.info("%s: %d shards (%d skipped), %d rejects, %.0f s", job.run_id,
              result.shards_total, result.shards_skipped, result.rejects, seconds)
     return {"metrics": result.metrics, "shards": result.shards_total, "rejects": result.rejects,
             "outputs": job.output, "run_id": job.run_id, "seconds": seconds}

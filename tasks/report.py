@@ -21,33 +21,43 @@ def _artifact_key(run_dir: str, what: str) -> str:
 
 
 @task(name="report", **RETRIED)
-def write_report(results: dict[float, dict[str, Any]], generated: dict[float, dict[str, Any]],
+def write_report(results: dict[str, dict[str, Any]], generated: dict[str, list[dict[str, Any]]],
                  prepared: dict[str, Any], methods: list[str], split: str, run_dir: str,
                  overlay_images: int = 6, title: str = "camflow run") -> dict[str, str]:
+    """report.md, metrics.json, plots and overlays; the same tables and pictures as artifacts.
+
+    Overlays are drawn for the runs of the first training seed of each proportion.
+    """
     log = get_run_logger()
     manifest = read_manifest(prepared[f"{split}_manifest"])
     image_ids = manifest["image_id"].to_pylist()[:overlay_images]
+    first_seed = min((entry["seed"] for entry in results.values()), default=0)
     overlays = {}
-    for proportion, gen in sorted(generated.items()):
-        store = ShardStore(gen["outputs"], gen["run_id"])
-        overlays[f"p{proportion:g}"] = report.overlay_grid(store, methods, manifest, image_ids)
+    for label, jobs in generated.items():
+        if results[label]["seed"] != first_seed:
+            continue
+        stores = {m: ShardStore(job["outputs"], job["run_id"]) for job in jobs
+                  for m in job["metrics"]}
+        overlays[label] = report.overlay_grid({m: stores[m] for m in methods if m in stores},
+                                              manifest, image_ids)
     written = report.write_report(run_dir, results, overlays, title=title)
 
     rows = report.metrics_rows(results)
     create_table_artifact(key=_artifact_key(run_dir, "metrics"), table=rows,
                           description=f"Seed, mask and box metrics of {storage.redact(run_dir)}")
-    comparison = {}
-    for row in rows:
+    comparison: dict[str, dict[str, float]] = {}
+    for row in report.summary_rows(results):
         comparison.setdefault(row["method"], {})[f"{row['proportion']:g}"] = row["seed_mIoU"]
     create_table_artifact(key=_artifact_key(run_dir, "methods"),
                           table=[{"method": m, **v} for m, v in comparison.items()],
-                          description="Seed mIoU per method (columns: training proportion)")
+                          description="Seed mIoU per method (columns: training proportion; "
+                                      "mean over seeds)")
     pictures = "\n\n".join(
         f"### {name}\n\n![{name}](data:image/png;base64,{base64.b64encode(png).decode()})"
         for name, png in overlays.items())
     create_markdown_artifact(
         key=_artifact_key(run_dir, "overlays"),
-        markdown=f"# {title}\n\n{report.markdown_table(rows)}\n\n{pictures}",
+        markdown=f"# {title}\n\n{report.summary_table(report.summary_rows(results))}\n\n{pictures}",
         description="CAM seeds, pseudo masks and boxes on validation images")
     log.info("report written to %s", storage.redact(written["report"]))
     return written

@@ -8,6 +8,8 @@ import tempfile
 # Prefect reads its settings at import time: isolate its home and keep it offline before any import.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="camflow-prefect-")
 os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+# Pretrained backbones built by tests go to a cache of their own, never the user's.
+os.environ.setdefault("CAMFLOW_CACHE", tempfile.mkdtemp(prefix="camflow-cache-"))
 # Test tensors are tiny: one intra-op thread is faster than two contending ones. Training and the
 # Ray workers set their own thread counts explicitly.
 os.environ.setdefault("OMP_NUM_THREADS", "1")

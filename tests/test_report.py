@@ -4,6 +4,7 @@ import io
 import math
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from camflow import report, viz
@@ -28,17 +29,35 @@ def test_grid_tiles_rows_with_labels():
     assert sheet.size == (90 + 3 * 12 + 2, 16 + 2 * 12 + 2)
 
 
-def test_line_plot_is_a_png():
+def test_line_plot_and_metric_panels_are_pngs():
     png = viz.line_plot({"cam": {0.05: 0.3, 1.0: 0.5}}, xlabel="x", ylabel="y", title="t")
     assert Image.open(io.BytesIO(png)).format == "PNG"
+    panels = {"seed_mIoU": {"cam": {0.05: (0.3, 0.02), 1.0: (0.5, 0.0)}},
+              "PxAP": {"cam": {0.05: (0.2, 0.01), 1.0: (0.4, 0.0)}}}
+    png = viz.metric_panels(panels, xlabel="x", title="t")
+    assert Image.open(io.BytesIO(png)).size[0] > Image.open(io.BytesIO(png)).size[1]
 
 
-def test_metrics_rows_and_markdown():
-    results = {1.0: {"train": {"mAP": 0.9}, "methods": {"cam": {"seed_mIoU": 0.5, "PxAP": float("nan")}}},
-               0.05: {"train": {"mAP": 0.4}, "methods": {"cam": {"seed_mIoU": 0.3}}}}
+def _entry(proportion, seed, m_ap, seed_miou, **extra):
+    return {"proportion": proportion, "seed": seed, "train": {"mAP": m_ap},
+            "methods": {"cam": {"seed_mIoU": seed_miou, **extra}}}
+
+
+def test_metrics_rows_summaries_and_markdown():
+    results = {"p1": _entry(1.0, 0, 0.9, 0.5, PxAP=float("nan")),
+               "p0.05": _entry(0.05, 0, 0.4, 0.3),
+               "p0.05-s1": _entry(0.05, 1, 0.6, 0.4)}
     rows = report.metrics_rows(results)
-    assert [r["proportion"] for r in rows] == [0.05, 1.0]
-    assert math.isnan(rows[1]["PxAP"]) and rows[1]["classifier_mAP"] == 0.9
+    assert [(r["proportion"], r["seed"]) for r in rows] == [(0.05, 0), (0.05, 1), (1.0, 0)]
+    assert math.isnan(rows[2]["PxAP"]) and rows[2]["classifier_mAP"] == 0.9
     table = report.markdown_table(rows)
-    assert "| 0.050 | cam | 0.400 | 0.300 |" in table and "n/a" in table
-    assert report.seed_curve(results) == {"cam": {1.0: 0.5, 0.05: 0.3}}
+    assert "| 0.050 | 0 | cam | 0.400 | 0.300 |" in table and "n/a" in table
+    summary = {r["proportion"]: r for r in report.summary_rows(results)}
+    assert summary[0.05]["seeds"] == 2 and summary[0.05]["seed_mIoU"] == pytest.approx(0.35)
+    assert summary[0.05]["seed_mIoU_std"] == pytest.approx(0.05)
+    assert summary[1.0]["seed_mIoU_std"] == 0.0 and math.isnan(summary[1.0]["PxAP"])
+    text = report.summary_table(list(summary.values()))
+    assert "| 0.05 | cam | 2 | 0.500 ± 0.100 | 0.350 ± 0.050 |" in text
+    assert "| 1 | cam | 1 | 0.900 | 0.500 |" in text
+    curves = report.metric_curves(results)
+    assert curves["seed_mIoU"]["cam"][0.05] == pytest.approx((0.35, 0.05))

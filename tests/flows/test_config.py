@@ -57,3 +57,33 @@ def test_missing_or_broken_files(tmp_path):
 def test_schema_is_frozen():
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
         RunConfig().name = "x"
+
+
+def test_pretrained_defaults_to_the_source_backbone_for_the_embedded_benchmark_only(tmp_path):
+    assert load_config().model.pretrained == "embedded"
+    assert "pretrained: embedded" in dump_config(load_config())
+    voc = parse_config({"data": {"kind": "voc", "root": str(tmp_path)}})
+    assert voc.model.pretrained is False
+    assert RunConfig().model.pretrained == "embedded"  # the Python defaults agree with YAML's
+
+
+@pytest.mark.parametrize("form", [False, True, "imagenet", "embedded", "s3://b/r18.safetensors",
+                                  "/weights/r18.pth"])
+def test_every_pretrained_form_is_accepted(form):
+    assert parse_config({"model": {"pretrained": form}}).model.pretrained == form
+
+
+def test_an_empty_pretrained_and_bad_sweep_seeds_are_named():
+    with pytest.raises(ConfigError, match="model.pretrained"):
+        parse_config({"model": {"pretrained": " "}})
+    with pytest.raises(ConfigError, match="sweep.seeds"):
+        parse_config({"sweep": {"seeds": [1, 1]}})
+
+
+def test_the_pretrain_section_composes_the_core_recipe():
+    from camflow.pretrain import PretrainConfig
+
+    cfg = parse_config({"pretrain": {"epochs": 2, "source_train": 500}})
+    recipe = cfg.pretrain.recipe("resnet34")
+    assert recipe.backbone == "resnet34" and recipe.epochs == 2 and recipe.source.train == 500
+    assert parse_config({}).pretrain.recipe("resnet18") == PretrainConfig()
