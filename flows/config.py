@@ -27,7 +27,8 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     kind: Literal["embedded", "voc", "bcss", "wsol", "manifest"] = "embedded"
-    root: str | None = Field(None, description="dataset root; default for embedded: <output>/data")
+    root: str | None = Field(None, description="dataset root; default for embedded: "
+                              "<output>/data/embedded, built once and shared by the runs there")
     manifest: str | None = Field(None, description="a manifest Parquet file, for kind=manifest")
     train_split: str = "train"
     val_split: str = "val"

@@ -62,7 +62,7 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     main_cams = {**cams, "methods": [m for m in methods if m != "recam"]}
 
     started = time.monotonic()
-    prepared = prepare_data(data, run_dir)
+    prepared = prepare_data(data, run_dir, cfg.output)
     prepare_seconds = time.monotonic() - started
     model = {**cfg.model.model_dump(), "pretrained": resolve_pretrained(cfg, run_dir)}
     training = cfg.train.model_dump()

@@ -43,10 +43,14 @@ def _classes(table: pa.Table, data: dict[str, Any], root: str) -> list[str]:
 
 
 @task(name="prepare-data", **CACHED, **RETRIED)
-def prepare_data(data: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Manifests of the train and val splits (URIs), class names, and how many were rejected."""
+def prepare_data(data: dict[str, Any], run_dir: str, output: str | None = None) -> dict[str, Any]:
+    """Manifests of the train and val splits (URIs), class names, and how many were rejected.
+
+    The embedded benchmark is built under ``<output>/data/embedded`` (the run's own folder when no
+    output root is given), where later runs reuse an identical build.
+    """
     log = get_run_logger()
-    root = data.get("root") or storage.join(run_dir, "data", "embedded")
+    root = data.get("root") or storage.join(output or run_dir, "data", "embedded")
     if data["kind"] == "embedded":
         root = str(embedded.build(root, seed=data["seed"], train=data["embedded_train"],
                                   val=data["embedded_val"], size=max(64, data["image_size"])))

@@ -175,6 +175,7 @@ class TrainConfig:
             preset.update(lr=1e-2, backbone_lr_scale=0.1, output_stride=FINETUNE_STRIDE)
         else:
             epochs = int(math.ceil(SCRATCH_EPOCHS * min(inverse, 5.0)))
-        preset.update(epochs=epochs, eval_every=max(1, epochs // 3))
+        # keep="last": validation chooses nothing, so it runs once, after the last epoch.
+        preset.update(epochs=epochs, eval_every=epochs)
         preset.update(overrides)
         return cls(**preset)

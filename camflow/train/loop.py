@@ -322,6 +322,8 @@ def train(
                 record["checkpoint"] = checkpoint_uri
             log.info("epoch %d: loss %.4f  val mAP %.4f  F1 %.4f  (%.1fs)", epoch, record["train_loss"],
                      metrics["mAP"], metrics["f1_micro"], record["epoch_s"])
+        elif runtime.is_chief:
+            log.info("epoch %d: loss %.4f  (%.1fs)", epoch, record["train_loss"], record["epoch_s"])
         history.append(record)
         if runtime.report is not None:
             runtime.report(record)
