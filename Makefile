@@ -18,7 +18,7 @@ export DO_NOT_TRACK := 1
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet --index-url https://pypi.org/simple "uv==$(UV_VERSION)"
+	$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen

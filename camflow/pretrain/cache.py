@@ -2,7 +2,8 @@
 
 An entry is a folder ``<cache>/backbones/<backbone>-<key>/`` holding ``<backbone>.safetensors``
 and its card. The key hashes everything that determines the weights (the recipe, the source
-benchmark's parameters and format, the pretraining code's version, the torch release). An entry
+benchmark's parameters and format, the pretraining code's version, the torch release, the
+device and its mixed precision). An entry
 is built in a hidden sibling folder and renamed into place, so it is either whole or absent; a
 lock file makes a second process that wants the same entry wait for the first instead of
 training twice. An entry whose weights do not match its card is corrupt: it is rebuilt, never used.
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 from camflow.models.pretrained import card_uri, check_card, read_card
+from camflow.precision import autocast_dtype
 from camflow.pretrain.recipe import PRETRAIN_VERSION, PretrainConfig, pretrain
 
 __all__ = ["cache_dir", "cache_key", "embedded_backbone", "entry_dir"]
@@ -44,7 +46,12 @@ def cache_dir() -> Path:
 def cache_key(config: PretrainConfig) -> str:
     """16 hex digits over everything that determines the weights ``config`` gives."""
     release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    payload = {"config": config.to_dict(), "pretrain_version": PRETRAIN_VERSION, "torch": release}
+    # The device and its mixed precision change the weights too (bfloat16 on CPUs with AMX,
+    # float16 on CUDA): a cache shared between machines must not mix them.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = autocast_dtype(device, config.train_config().amp)
+    payload = {"config": config.to_dict(), "pretrain_version": PRETRAIN_VERSION, "torch": release,
+               "compute": f"{device.type}:{dtype}"}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
