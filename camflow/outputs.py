@@ -1,4 +1,4 @@
-"""The output tables of CAM generation (DESIGN.md section 5) and the seed quantisation.
+"""The output tables of CAM generation and the seed quantisation.
 
 - ``seeds``: one row per accepted image and class: the class map, max-normalised to [0, 1],
   stored as uint8 at a stated ``stride`` (``cam_height`` x ``cam_width`` bytes, row-major).

@@ -6,7 +6,12 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["autocast_dtype", "cpu_runs_bfloat16"]
+__all__ = ["autocast_dtype", "cpu_runs_bfloat16", "default_device"]
+
+
+def default_device() -> torch.device:
+    """The best local device: CUDA when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @lru_cache(maxsize=1)

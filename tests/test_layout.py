@@ -1,4 +1,4 @@
-"""The layering rule of DESIGN.md: flows -> tasks -> cluster -> camflow, never upward."""
+"""The layering rule: flows -> tasks -> cluster -> camflow, never upward."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from camflow.models.pretrained import card_uri, check_card, read_card
-from camflow.precision import autocast_dtype
+from camflow.precision import autocast_dtype, default_device
 from camflow.pretrain.recipe import PRETRAIN_VERSION, PretrainConfig, pretrain
 
 __all__ = ["cache_dir", "cache_key", "embedded_backbone", "entry_dir"]
@@ -48,7 +48,7 @@ def cache_key(config: PretrainConfig) -> str:
     release = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     # The device and its mixed precision change the weights too (bfloat16 on CPUs with AMX,
     # float16 on CUDA): a cache shared between machines must not mix them.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()  # where pretrain() trains
     dtype = autocast_dtype(device, config.train_config().amp)
     payload = {"config": config.to_dict(), "pretrain_version": PRETRAIN_VERSION, "torch": release,
                "compute": f"{device.type}:{dtype}"}

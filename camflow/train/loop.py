@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from camflow import storage
 from camflow.models.checkpoint import init_from_checkpoint, save_checkpoint
 from camflow.models.classifier import CamClassifier, build
-from camflow.precision import autocast_dtype
+from camflow.precision import autocast_dtype, default_device
 from camflow.train.config import TrainConfig
 from camflow.train.data import (
     RobustItems,
@@ -97,7 +97,7 @@ def _default_threads(world_size: int) -> int:
 def _device(runtime: Runtime) -> torch.device:
     if runtime.device is not None:
         return torch.device(runtime.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def _to_device(batch: dict[str, Any], device: torch.device, channels_last: bool):
