@@ -18,6 +18,11 @@ object storage does in production: in-process it would share the driver's GIL.
 It prints images/s, MB/s written, bytes per image per table, the S3 server's CPU per image (it
 shares this machine's cores), and end-to-end / forward-only
 throughput (target >= 0.7: I/O and post-processing overlap with compute instead of adding to it).
+
+First, for each workload, the CAM compute alone in this process (all CPUs' threads): every
+method's maps of the decoded images from one shared pass per batch (``class_maps`` over all
+methods) against one pass per method, interleaved, best of ``--repeat``; target: the shared pass
+<= 55 % of the per-method time per image. ``--compute-only`` stops after that comparison.
 """
 
 from __future__ import annotations
@@ -70,9 +75,23 @@ class ForwardOnly:
     def __call__(self, batch):
         for i in range(len(batch["shard"])):
             images = _unpack_images(batch["images"][i], batch["meta"][i])
-            for method in self.methods:
-                class_maps(self.model, images, method, self.options)
+            class_maps(self.model, images, self.methods, self.options)
         return {"shard": list(batch["shard"])}
+
+
+def shared_against_per_method(model, decoded_rows, methods, options, repeat: int
+                              ) -> tuple[float, float]:
+    """Seconds per image of every method's maps: (one shared pass per batch, a pass per method)."""
+    images = [im for row in decoded_rows for im in _unpack_images(row["images"], row["meta"])]
+    best = {"shared": float("inf"), "per method": float("inf")}
+    runs = {"shared": lambda: class_maps(model, images, methods, options),
+            "per method": lambda: [class_maps(model, images, [m], options) for m in methods]}
+    for _ in range(repeat):
+        for key, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[key] = min(best[key], (time.perf_counter() - started) / len(images))
+    return best["shared"], best["per method"]
 
 
 def steady_rate(times: list[float], started: float, shard_images: list[int], workers: int
@@ -218,22 +237,44 @@ def main() -> int:
                         help="runs of each measurement; the best is kept (default 2)")
     parser.add_argument("--checkpoint", help="a trained checkpoint (default: random resnet18)")
     parser.add_argument("--quick", action="store_true", help="64 images, 1 actor, light, once")
+    parser.add_argument("--compute-only", action="store_true",
+                        help="only the shared-pass against per-method-pass comparison")
+    parser.add_argument("--compute-images", type=int, default=256,
+                        help="images of that comparison (default 256)")
     args = parser.parse_args()
     if args.quick:
         args.images, args.workers, args.workload, args.repeat = 64, [1], ["light"], 1
     counts = {name: args.images or DEFAULT_IMAGES[name] for name in args.workload}
 
     work = Path(tempfile.mkdtemp(prefix="camflow-bench-stream-"))
-    root = embedded.build(work / "data", train=0, val=max(counts.values()))
+    root = embedded.build(work / "data", train=0, val=max(*counts.values(), args.compute_images))
     every = read_voc(root, "val")
     ckpt = args.checkpoint
     if ckpt is None:
         torch.manual_seed(0)
         ckpt = str(work / "model.safetensors")
         save_checkpoint(build("resnet18", len(embedded.CLASSES)), ckpt, {})
+    factory = CheckpointModel(ckpt)
+
+    model = factory().eval()
+    print(f"CAM compute in this process, {torch.get_num_threads()} threads, "
+          f"{args.compute_images} images of 112 px, best of {args.repeat}")
+    print(f"{'workload':>8} {'shared ms/img':>14} {'per-method ms/img':>18} {'shared/per-method':>18}")
+    for name in args.workload:
+        manifest = every.slice(0, min(args.compute_images, len(every)))
+        decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, None)
+                   for s, r in plan_shards(manifest, args.shard_size)]
+        methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
+        one, apart = shared_against_per_method(model, decoded, methods, options, args.repeat)
+        target = " (target <= 0.55)" if name == "demo" else ""
+        print(f"{name:>8} {one * 1e3:>14.2f} {apart * 1e3:>18.2f} {one / apart:>18.2f}{target}",
+              flush=True)
+    del model
+    if args.compute_only:
+        return 0
+
     moto = start_moto()
     connect(num_cpus=os.cpu_count())
-    factory = CheckpointModel(ckpt)
 
     print(f"\nimages of 112 px in shards of {args.shard_size}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}; best of {args.repeat} runs each")

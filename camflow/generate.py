@@ -51,14 +51,14 @@ class CamMethod:
     def key(self) -> str:
         return self.label or self.name
 
-    def kwargs(self, model: nn.Module) -> dict[str, Any]:
-        out = dict(self.options)
+    def request(self, model: nn.Module) -> cam_engine.CamRequest:
+        """What the CAM engine needs of this method, for ``model``."""
+        options = dict(self.options)
         if self.weights is not None:
             # Arrays arriving through Ray are read-only views: torch wants its own copy.
-            out["weights"] = torch.tensor(np.array(self.weights, dtype=np.float32))
-        if self.head_attr is not None:
-            out["head"] = getattr(model, self.head_attr)
-        return out
+            options["weights"] = torch.tensor(np.array(self.weights, dtype=np.float32))
+        head = getattr(model, self.head_attr) if self.head_attr is not None else None
+        return cam_engine.CamRequest(self.name, self.layers, head=head, options=options)
 
 
 @dataclass(frozen=True)
@@ -126,28 +126,37 @@ def _to_input(pixels: np.ndarray, size: int) -> torch.Tensor:
 
 @torch.inference_mode(False)
 def class_maps(
-    model: nn.Module, images: Sequence[DecodedImage], method: CamMethod, opts: GenerateOptions
-) -> list[np.ndarray]:
-    """Per image, float16 maps [K_i, H_i, W_i] in [0, 1] of its own classes, at its own size."""
+    model: nn.Module, images: Sequence[DecodedImage], methods: Sequence[CamMethod],
+    opts: GenerateOptions,
+) -> dict[str, list[np.ndarray]]:
+    """Per method key and image, float16 maps [K_i, H_i, W_i] in [0, 1] of the image's own
+    classes at its own size; all methods share each batch's passes (``multiscale_many``)."""
     device = next(model.parameters()).device
-    kwargs = method.kwargs(model)
-    out: list[np.ndarray] = []
+    requests = {m.key: m.request(model) for m in methods}
+    if len(requests) != len(methods):
+        raise ValueError(f"methods: keys must be distinct, got {[m.key for m in methods]}")
+    out: dict[str, list[np.ndarray]] = {key: [] for key in requests}
     for start in range(0, len(images), opts.batch_size):
         batch = images[start:start + opts.batch_size]
         x = torch.stack([_to_input(im.pixels, opts.image_size) for im in batch]).to(device)
         k = max(len(im.labels) for im in batch)
         # Images with fewer classes repeat their first class; the extra maps are dropped below.
         classes = torch.tensor([im.labels + im.labels[:1] * (k - len(im.labels)) for im in batch])
-        maps = cam_engine.multiscale(model, x, method.name, list(method.layers), classes,
-                                     scales=opts.scales, flip=opts.flip, **kwargs)
-        for im, m in zip(batch, maps):
-            m = m[: len(im.labels)].float()[None]
-            h, w = im.pixels.shape[:2]
-            if m.shape[-2:] != (h, w):
-                m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-            m = cam_engine.normalize_max(m[0])
-            out.append(m.clamp_(0, 1).to(torch.float16).cpu().numpy())
+        maps = cam_engine.multiscale_many(model, x, requests, classes, scales=opts.scales,
+                                          flip=opts.flip)
+        for key, method_maps in maps.items():
+            for im, m in zip(batch, method_maps):
+                out[key].append(_at_image_size(m[: len(im.labels)], im))
     return out
+
+
+def _at_image_size(maps: torch.Tensor, im: DecodedImage) -> np.ndarray:
+    m = maps.float()[None]
+    h, w = im.pixels.shape[:2]
+    if m.shape[-2:] != (h, w):
+        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = cam_engine.normalize_max(m[0])
+    return m.clamp_(0, 1).to(torch.float16).cpu().numpy()
 
 
 # -- 3. outputs and metrics ---------------------------------------------------------------------
@@ -212,23 +221,27 @@ def _all_classes(im: DecodedImage, own: np.ndarray, num_classes: int) -> tuple[n
     return full, hot
 
 
-def best_bg_threshold(model: nn.Module, images: Sequence[DecodedImage], method: CamMethod,
-                      opts: GenerateOptions) -> float | None:
-    """The constant background score at which ``method``'s seeds reach their best mIoU on
-    ``images``, scored against their masks (None when none has one).
+def best_bg_thresholds(model: nn.Module, images: Sequence[DecodedImage],
+                       methods: Sequence[CamMethod], opts: GenerateOptions) -> dict[str, float]:
+    """Per method key, the constant background score at which its seeds reach their best mIoU
+    on ``images``, scored against their masks; methods with nothing to score are left out.
 
     Pseudo masks made with that score are the seeds at their best threshold; choosing it on a few
     training images keeps the evaluated split out of the choice.
     """
     scored = [im for im in images if im.gt_mask is not None]
     if not scored:
-        return None
-    sweep = SeedSweep(opts.num_classes)
-    for im, own in zip(scored, class_maps(model, scored, method, opts)):
-        full, hot = _all_classes(im, own.astype(np.float32), opts.num_classes)
-        sweep.update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
-    result = sweep.compute()
-    return float(result["best_threshold"]) if np.isfinite(result["best_mIoU"]) else None
+        return {}
+    best = {}
+    for key, maps in class_maps(model, scored, methods, opts).items():
+        sweep = SeedSweep(opts.num_classes)
+        for im, own in zip(scored, maps):
+            full, hot = _all_classes(im, own.astype(np.float32), opts.num_classes)
+            sweep.update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
+        result = sweep.compute()
+        if np.isfinite(result["best_mIoU"]):
+            best[key] = float(result["best_threshold"])
+    return best
 
 
 def _update_metrics(metrics: dict[str, Any], im: DecodedImage, full: np.ndarray,

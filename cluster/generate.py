@@ -147,17 +147,14 @@ class CamWorker:
     def best_bg_thresholds(self, images: Sequence[gen.DecodedImage]) -> dict[str, float]:
         """Per method, the background score of its best seeds on ``images`` (those with masks)."""
         with self._autocast():
-            best = {m.key: gen.best_bg_threshold(self.model, images, m, self.options)
-                    for m in self.methods}
-        return {key: value for key, value in best.items() if value is not None}
+            return gen.best_bg_thresholds(self.model, images, self.methods, self.options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "images": [], "meta": [], "rejects": [], "maps": []}
         for i in range(len(batch["shard"])):
             images = _unpack_images(batch["images"][i], batch["meta"][i])
             with self._autocast():
-                maps = {m.key: gen.class_maps(self.model, images, m, self.options)
-                        for m in self.methods}
+                maps = gen.class_maps(self.model, images, self.methods, self.options)
             for key in ("shard", "images", "meta", "rejects"):
                 out[key].append(batch[key][i])
             out["maps"].append(_pack_maps(maps))

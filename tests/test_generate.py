@@ -13,7 +13,7 @@ from camflow.data.voc import read_voc
 from camflow.generate import (
     CamMethod,
     GenerateOptions,
-    best_bg_threshold,
+    best_bg_thresholds,
     class_maps,
     decode_records,
     shard_outputs,
@@ -43,9 +43,9 @@ CAM = CamMethod("cam", ("stage5",))
 
 
 def test_masks_made_at_the_calibrated_threshold_score_the_best_seed_miou(images, model):
-    best = best_bg_threshold(model, images, CAM, OPTS)
-    assert best is not None and 0 <= best <= 1
-    maps = class_maps(model, images, CAM, OPTS)
+    best = best_bg_thresholds(model, images, [CAM], OPTS)["cam"]
+    assert 0 <= best <= 1
+    maps = class_maps(model, images, [CAM], OPTS)["cam"]
     _, at_best = shard_outputs(images, maps, dataclasses.replace(OPTS, bg_threshold=best))
     summary = summarize(at_best)
     assert summary["seed_best_threshold"] == pytest.approx(best)
@@ -58,12 +58,12 @@ def test_masks_made_at_the_calibrated_threshold_score_the_best_seed_miou(images,
 
 def test_no_masks_no_calibration(images, model):
     unmasked = [dataclasses.replace(im, gt_mask=None) for im in images[:3]]
-    assert best_bg_threshold(model, unmasked, CAM, OPTS) is None
+    assert best_bg_thresholds(model, unmasked, [CAM], OPTS) == {}
 
 
 def test_crf_refined_masks_keep_to_the_image_classes(images, model):
     few = images[:3]
-    maps = class_maps(model, few, CAM, OPTS)
+    maps = class_maps(model, few, [CAM], OPTS)["cam"]
     tables, _ = shard_outputs(few, maps, dataclasses.replace(OPTS, crf=True))
     masks = tables["masks"].to_pylist()
     assert all(row["crf"] for row in masks)
@@ -71,3 +71,18 @@ def test_crf_refined_masks_keep_to_the_image_classes(images, model):
         labels = decode_label_png(row["mask_png"])
         assert labels.shape == im.pixels.shape[:2]
         assert set(np.unique(labels)) <= {0, *(k + 1 for k in im.labels)}
+
+
+def test_class_maps_of_several_methods_equal_each_alone(images, model):
+    methods = [CAM, CamMethod("gradcam", ("stage5",)),
+               CamMethod("layercam", ("stage4", "stage5"), label="layercam-multi")]
+    opts = dataclasses.replace(OPTS, scales=(1.0, 0.5), flip=True)
+    together = class_maps(model, images[:4], methods, opts)
+    assert list(together) == ["cam", "gradcam", "layercam-multi"]
+    for method in methods:
+        (alone,) = class_maps(model, images[:4], [method], opts).values()
+        for a, b in zip(together[method.key], alone):
+            assert a.dtype == np.float16 and a.shape == b.shape
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=1e-3)
+    with pytest.raises(ValueError, match="keys must be distinct"):
+        class_maps(model, images[:1], [CAM, CAM], OPTS)

@@ -8,7 +8,8 @@ cheaper than resizing C channels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,7 +26,16 @@ from camflow.cams.validation import (
     check_size,
 )
 
-__all__ = ["GRADIENT_MODES", "class_maps", "compute", "normalize_max", "resize"]
+__all__ = [
+    "GRADIENT_MODES",
+    "CamRequest",
+    "class_maps",
+    "class_maps_many",
+    "compute",
+    "compute_many",
+    "normalize_max",
+    "resize",
+]
 
 #: How gradient methods get d logit / d A for K classes from one backward pass:
 #: "batched": one forward, then one vectorised backward (``is_grads_batched``) over K one-hot
@@ -90,42 +100,141 @@ def class_maps(
 
     Same arguments as ``compute``; ``compute`` is ``class_maps(...).relu()`` plus resizing.
     """
-    spec = get_method(method)
-    layer_names = (layers,) if isinstance(layers, str) else tuple(layers)
-    _check_options(spec, layer_names, method_options)
-    gradient_mode = method_options.pop("gradient_mode", "batched")
+    request = CamRequest(method, layers, head=head, options=method_options)
+    return class_maps_many(model, images, {method: request}, classes)[method]
+
+
+@dataclass(frozen=True)
+class CamRequest:
+    """One method's maps in a shared pass: the method, its layers, head and options.
+
+    ``options`` are the method's keyword options of ``compute`` (``weights=``, ``batch_size=``,
+    ``gradient_mode=``).
+    """
+
+    method: str
+    layers: Sequence[str] | str
+    head: nn.Module | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+
+
+def compute_many(
+    model: nn.Module,
+    images: Tensor,
+    requests: Mapping[str, CamRequest],
+    classes: Tensor | Sequence[int],
+    *,
+    size: tuple[int, int] | None = None,
+    normalize: bool = False,
+) -> dict[str, Tensor]:
+    """The maps of several methods from one shared pass: ``{key: [B, K, h, w]}``.
+
+    Each request's maps equal ``compute`` of that method alone, but the passes are shared: the
+    layers every request needs are captured together, gradient-free methods read one forward, and
+    all gradient methods share that forward plus one batched backward (one more pass per extra
+    ``gradient_mode``). Score-CAM still runs its own masked forwards. ``size`` and ``normalize``
+    are those of ``compute``.
+    """
+    out_size = check_size(size)
+    maps = class_maps_many(model, images, requests, classes)
+    for key, m in maps.items():
+        m = m.clamp_min_(0)
+        if out_size is not None:
+            m = resize(m, out_size)
+        maps[key] = normalize_max(m) if normalize else m
+    return maps
+
+
+def class_maps_many(
+    model: nn.Module,
+    images: Tensor,
+    requests: Mapping[str, CamRequest],
+    classes: Tensor | Sequence[int],
+) -> dict[str, Tensor]:
+    """``class_maps`` of every request, from shared passes (see ``compute_many``)."""
+    if not requests:
+        raise ValueError("requests: give at least one method")
+    specs = {key: get_method(r.method) for key, r in requests.items()}
+    for key, request in requests.items():
+        _check_options(specs[key], request.layer_names, request.options)
     images = check_images(images).to(_device_of(model, images))
     classes = check_classes(classes, images.shape[0], images.device)
 
-    with capture(model, layer_names, retain_grad=spec.gradients) as cap:
-        if spec.gradients:
-            gradients = _class_gradients(model, cap, images, classes, gradient_mode)
+    # One pass per gradient mode; the gradient-free methods ride on the first.
+    passes: dict[str | None, list[str]] = {}
+    for key, spec in specs.items():
+        mode = requests[key].options.get("gradient_mode", "batched") if spec.gradients else None
+        passes.setdefault(mode, []).append(key)
+    if None in passes and len(passes) > 1:
+        free = passes.pop(None)
+        passes[next(iter(passes))].extend(free)
+
+    logits_of = _logits_in_caller_precision(model, images.device.type)
+    maps: dict[str, Tensor] = {}
+    for mode, keys in passes.items():
+        activations, gradients = _shared_pass(
+            model, images, classes, mode, {k: requests[k] for k in keys}, {k: specs[k] for k in keys}
+        )
+        with torch.autocast(images.device.type, enabled=False):
+            for key in keys:
+                spec, request = specs[key], requests[key]
+                names = request.layer_names
+                inputs = MethodInputs(
+                    model=model,
+                    logits_of=logits_of,
+                    images=images,
+                    classes=classes,
+                    layers=names,
+                    activations=_activations_for(activations, names, spec.rectify_activations),
+                    gradients={n: gradients[n] for n in names} if spec.gradients else None,
+                    head=request.head,
+                    options={k: v for k, v in request.options.items() if k != "gradient_mode"},
+                )
+                weights = spec.rule(inputs)
+                maps[key] = _weighted_sum(spec.name, inputs.activations, weights)
+    return {key: maps[key] for key in requests}
+
+
+def _shared_pass(
+    model: nn.Module,
+    images: Tensor,
+    classes: Tensor,
+    mode: str | None,
+    requests: Mapping[str, CamRequest],
+    specs: Mapping[str, MethodSpec],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """One forward (plus one backward when ``mode`` is set) capturing every requested layer."""
+    layers = _union(r.layer_names for r in requests.values())
+    grad_layers = _union(requests[k].layer_names for k, s in specs.items() if s.gradients)
+    with capture(model, layers, retain_grad=mode is not None) as cap:
+        if mode is not None:
+            gradients = _class_gradients(model, cap, images, classes, mode, grad_layers)
         else:
             with torch.no_grad():
                 output = model(images)
-            if spec.uses_logits:
+            if any(s.uses_logits for s in specs.values()):
                 check_class_range(classes, as_logits(output).shape[1], "the model's logits")
             del output
-            gradients = None
-        activations = _float_activations(
-            cap, layer_names, spec.rectify_activations, images.shape[0]
-        )
+            gradients = {}
+        activations = _float_activations(cap, layers, images.shape[0])
+    return activations, gradients
 
-    logits_of = _logits_in_caller_precision(model, images.device.type)
-    with torch.autocast(images.device.type, enabled=False):
-        inputs = MethodInputs(
-            model=model,
-            logits_of=logits_of,
-            images=images,
-            classes=classes,
-            layers=layer_names,
-            activations=activations,
-            gradients=gradients,
-            head=head,
-            options=method_options,
-        )
-        weights = spec.rule(inputs)
-        return _weighted_sum(spec.name, activations, weights)
+
+def _union(groups: Any) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for group in groups:
+        seen.update(dict.fromkeys(group))
+    return tuple(seen)
+
+
+def _activations_for(
+    activations: Mapping[str, Tensor], layers: tuple[str, ...], rectify: bool
+) -> dict[str, Tensor]:
+    return {n: activations[n].clamp_min(0) if rectify else activations[n] for n in layers}
 
 
 def resize(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -179,7 +288,12 @@ def _device_of(model: nn.Module, images: Tensor) -> torch.device:
 
 
 def _class_gradients(
-    model: nn.Module, cap: Capture, images: Tensor, classes: Tensor, mode: str
+    model: nn.Module,
+    cap: Capture,
+    images: Tensor,
+    classes: Tensor,
+    mode: str,
+    layers: tuple[str, ...],
 ) -> dict[str, Tensor]:
     """d logit[b, classes[b, k]] / d A for all K classes, ``[B, K, C, h, w]`` per layer."""
     if torch.is_inference_mode_enabled():
@@ -192,7 +306,7 @@ def _class_gradients(
             logits = as_logits(model(x))
             check_class_range(classes, logits.shape[1], "the model's logits")
             picked = logits.gather(1, classes.T.reshape(-1, 1))
-            grads = cap.gradients(picked.sum())
+            grads = cap.gradients(picked.sum(), layers=layers)
             return {
                 name: g.reshape(num, batch, *g.shape[1:]).transpose(0, 1).float()
                 for name, g in grads.items()
@@ -202,13 +316,11 @@ def _class_gradients(
         check_class_range(classes, logits.shape[1], "the model's logits")
         one_hot = torch.zeros(num, *logits.shape, dtype=logits.dtype, device=logits.device)
         one_hot.scatter_(2, classes.T.unsqueeze(-1), 1)
-        grads = cap.gradients(logits, one_hot, is_grads_batched=True)
+        grads = cap.gradients(logits, one_hot, is_grads_batched=True, layers=layers)
     return {name: g.transpose(0, 1).float() for name, g in grads.items()}
 
 
-def _float_activations(
-    cap: Capture, layers: tuple[str, ...], rectify: bool, batch: int
-) -> dict[str, Tensor]:
+def _float_activations(cap: Capture, layers: tuple[str, ...], batch: int) -> dict[str, Tensor]:
     activations = {}
     for name in layers:
         if name not in cap.activations:
@@ -219,8 +331,7 @@ def _float_activations(
             raise ValueError(
                 f"layers: layer {name!r} outputs shape {list(act.shape)}; CAMs need [B, C, h, w]"
             )
-        act = act.float()
-        activations[name] = act.clamp_min(0) if rectify else act
+        activations[name] = act.float()
     return activations
 
 

@@ -90,8 +90,10 @@ class Capture:
         *,
         is_grads_batched: bool = False,
         retain_graph: bool = False,
+        layers: Sequence[str] | None = None,
     ) -> dict[str, Tensor]:
-        """Gradients of ``outputs`` with respect to every captured activation.
+        """Gradients of ``outputs`` with respect to the captured activations of ``layers``
+        (default: every captured layer).
 
         ``grad_outputs`` and ``is_grads_batched`` are passed to ``torch.autograd.grad``: with
         ``is_grads_batched=True`` and ``grad_outputs`` of shape ``[K, *outputs.shape]`` one call
@@ -100,11 +102,15 @@ class Capture:
         """
         if not self.retain_grad:
             raise RuntimeError("gradients() needs capture(..., retain_grad=True)")
-        missing = [n for n in self.layers if n not in self.activations]
+        wanted = self.layers if layers is None else list(layers)
+        unknown = [n for n in wanted if n not in self.layers]
+        if unknown:
+            raise ValueError(f"layers {unknown} were not captured (captured: {self.layers})")
+        missing = [n for n in wanted if n not in self.activations]
         if missing:
             raise RuntimeError(f"layers {missing} did not run during the forward pass")
-        inputs = [self.activations[n] for n in self.layers]
-        not_in_graph = [n for n, a in zip(self.layers, inputs) if not a.requires_grad]
+        inputs = [self.activations[n] for n in wanted]
+        not_in_graph = [n for n, a in zip(wanted, inputs) if not a.requires_grad]
         if not_in_graph:
             raise RuntimeError(
                 f"layers {not_in_graph} are not in the autograd graph: run the forward with "
@@ -117,7 +123,7 @@ class Capture:
             retain_graph=retain_graph,
             is_grads_batched=is_grads_batched,
         )
-        return dict(zip(self.layers, grads))
+        return dict(zip(wanted, grads))
 
     def clear(self) -> None:
         """Drop the recorded tensors (and with them any autograd graph they keep alive)."""

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camflow.cams.engine import compute, normalize_max
+from camflow.cams.engine import CamRequest, compute_many, normalize_max
 from camflow.cams.validation import check_classes, check_images, check_size
 
-__all__ = ["multiscale"]
+__all__ = ["multiscale", "multiscale_many"]
 
 
 def multiscale(
@@ -25,6 +25,7 @@ def multiscale(
     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
     flip: bool = True,
     size: tuple[int, int] | None = None,
+    head: nn.Module | None = None,
     **method_options: Any,
 ) -> Tensor:
     """Maps ``[B, K, H, W]`` summed over ``scales`` and horizontal flips, each divided by its max.
@@ -36,6 +37,23 @@ def multiscale(
     and ``method_options`` (``head=``, ``weights=``, ``batch_size=``, ...) are those of
     ``camflow.cams.compute``.
     """
+    request = CamRequest(method, layers, head=head, options=method_options)
+    return multiscale_many(
+        model, images, {method: request}, classes, scales=scales, flip=flip, size=size
+    )[method]
+
+
+def multiscale_many(
+    model: nn.Module,
+    images: Tensor,
+    requests: Mapping[str, CamRequest],
+    classes: Tensor | Sequence[int],
+    *,
+    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    flip: bool = True,
+    size: tuple[int, int] | None = None,
+) -> dict[str, Tensor]:
+    """``multiscale`` of several methods, one shared pass per scale (``compute_many``)."""
     images = check_images(images)
     batch, _, height, width = images.shape
     out_size = check_size(size) or (height, width)
@@ -43,7 +61,7 @@ def multiscale(
     if not scales or not all(isinstance(s, (int, float)) and s > 0 for s in scales):
         raise ValueError(f"scales: expected positive numbers, got {scales!r}")
 
-    total = None
+    totals: dict[str, Tensor] = {}
     for scale in scales:
         scaled_size = (max(1, round(height * scale)), max(1, round(width * scale)))
         x = images
@@ -59,8 +77,8 @@ def multiscale(
         if flip:
             x = torch.cat([x, x.flip(-1)])
             cls = torch.cat([classes, classes])
-        maps = compute(model, x, method, layers, cls, size=out_size, **method_options)
-        if flip:
-            maps = maps[:batch] + maps[batch:].flip(-1)
-        total = maps if total is None else total + maps
-    return normalize_max(total)
+        for key, maps in compute_many(model, x, requests, cls, size=out_size).items():
+            if flip:
+                maps = maps[:batch] + maps[batch:].flip(-1)
+            totals[key] = maps if key not in totals else totals[key] + maps
+    return {key: normalize_max(total) for key, total in totals.items()}
