@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from camflow import cams as cam_engine
-from camflow.data.dataset import normalize
 from camflow.data.images import BadImageError, load_rgb
 from camflow.data.masks import load_mask
 from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
+from camflow.models.classifier import image_prep_of
 from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, seed_rows
 from camflow.postprocess import class_boxes, crf_from_labels, encode_label_png, pseudo_mask
 
@@ -117,13 +117,6 @@ def decode_records(
 
 # -- 2. maps ------------------------------------------------------------------------------------
 
-def _to_input(pixels: np.ndarray, size: int) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255)
-    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
-                      antialias=True)[0]
-    return normalize(x)
-
-
 @torch.inference_mode(False)
 def class_maps(
     model: nn.Module, images: Sequence[DecodedImage], methods: Sequence[CamMethod],
@@ -132,13 +125,14 @@ def class_maps(
     """Per method key and image, float16 maps [K_i, H_i, W_i] in [0, 1] of the image's own
     classes at its own size; all methods share each batch's passes (``multiscale_many``)."""
     device = next(model.parameters()).device
+    prep = image_prep_of(model, opts.image_size)
     requests = {m.key: m.request(model) for m in methods}
     if len(requests) != len(methods):
         raise ValueError(f"methods: keys must be distinct, got {[m.key for m in methods]}")
     out: dict[str, list[np.ndarray]] = {key: [] for key in requests}
     for start in range(0, len(images), opts.batch_size):
         batch = images[start:start + opts.batch_size]
-        x = torch.stack([_to_input(im.pixels, opts.image_size) for im in batch]).to(device)
+        x = torch.stack([prep(im.pixels) for im in batch]).to(device)
         k = max(len(im.labels) for im in batch)
         # Images with fewer classes repeat their first class; the extra maps are dropped below.
         classes = torch.tensor([im.labels + im.labels[:1] * (k - len(im.labels)) for im in batch])

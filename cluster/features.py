@@ -30,6 +30,7 @@ from camflow.bls import BLS
 from camflow.data.dataset import ManifestDataset
 from camflow.data.rejects import Rejects
 from camflow.features import accumulate, default_layers, feature_tables
+from camflow.models.classifier import image_prep_of
 from cluster.connect import actor_options, torch_threads_for, worker_cpus
 
 __all__ = ["FeatureWorker", "ManifestShard", "ShardSums", "fit_bls_distributed"]
@@ -76,12 +77,13 @@ class ShardSums:
         )
 
 
-def _manifest_batches(shard: ManifestShard, rejects: Rejects) -> Iterator[tuple]:
-    """Decoded batches of a manifest shard; an image that fails to decode goes to ``rejects``."""
+def _manifest_batches(shard: ManifestShard, rejects: Rejects, model: nn.Module) -> Iterator[tuple]:
+    """Decoded batches of a manifest shard, prepared as ``model`` was trained to see them; an
+    image that fails to decode goes to ``rejects``."""
     dataset = ManifestDataset(
         pa.Table.from_pylist(shard.rows),
         shard.num_classes,
-        size=shard.size,
+        transform=image_prep_of(model, shard.size),
         root=shard.root,
         storage_options=shard.storage_options,
     )
@@ -133,7 +135,7 @@ class FeatureWorker:
         storage_options: dict[str, Any] | None = None,
     ) -> bytes:
         rejects = Rejects()
-        batches = _manifest_batches(shard, rejects) if isinstance(shard, ManifestShard) else shard
+        batches = _manifest_batches(shard, rejects, self.model) if isinstance(shard, ManifestShard) else shard
         written: list[tuple[list[str], dict[str, torch.Tensor], np.ndarray]] = []
 
         def keep(ids, by_layer, labels) -> None:

@@ -10,7 +10,7 @@ Submodules (import what you need; nothing heavy is imported by this package itse
 - ``rejects``: the ``Rejects`` collector (quarantined records);
 - ``validate``: ``validate_manifest`` and the per-record checks;
 - ``subsets``: deterministic stratified nested subsets;
-- ``transforms`` / ``dataset``: ImageNet normalisation and ``ManifestDataset``.
+- ``transforms`` / ``dataset``: ImageNet normalisation, ``ImagePrep`` and ``ManifestDataset``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ _EXPORTS = {
     "STD": "transforms",
     "normalize": "transforms",
     "denormalize": "transforms",
+    "ImagePrep": "transforms",
     "ManifestDataset": "dataset",
 }
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from camflow.data.images import BadImageError, load_rgb
 from camflow.data.manifest import read_manifest
-from camflow.data.transforms import MEAN, STD, Transform, denormalize, normalize, resize_to_tensor
+from camflow.data.transforms import MEAN, STD, ImagePrep, Transform, denormalize, normalize
 from camflow.data.validate import resolve_record_uri, validate_manifest
 
 __all__ = [
@@ -65,7 +65,7 @@ class ManifestDataset(Dataset):
         self._uris = manifest.column("uri").combine_chunks()
         self._labels = manifest.column("labels").combine_chunks()
         self.num_classes = int(num_classes)
-        self.transform = transform if transform is not None else resize_to_tensor(size)
+        self.transform = transform if transform is not None else ImagePrep(size)
         self.root = root
         self.storage_options = dict(storage_options) if storage_options else None
 

@@ -19,6 +19,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from camflow import storage
+from camflow.data.transforms import ImagePrep
 
 __all__ = [
     "FORMAT_VERSION",
@@ -62,6 +63,9 @@ def save_checkpoint(
             "build it with camflow.models.build() or wrap() so it carries its architecture"
         )
     header = {**dict(meta or {}), "model": dict(spec), "format_version": FORMAT_VERSION}
+    prep = getattr(model, "image_prep", None)
+    if prep is not None:
+        header["image_prep"] = prep.to_dict()
     try:
         text = json.dumps(header, sort_keys=True)
     except TypeError as err:
@@ -232,6 +236,11 @@ def load_checkpoint(
             raise CheckpointError(f"{storage.redact(uri)}: cannot rebuild its model ({err})") from err
         model.spec["pretrained"] = arch.get("pretrained", False)
     meta = load_weights_into(model, uri, map_location=map_location, storage_options=storage_options)
+    if "image_prep" in meta:
+        try:
+            model.image_prep = ImagePrep.from_dict(meta["image_prep"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{storage.redact(uri)}: bad image_prep ({err})") from err
     model.to(map_location)
     model.eval()
     return model, meta

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from camflow.data.transforms import ImagePrep
 from camflow.models.backbones import make_backbone
 from camflow.models.heads import TAP_DEFAULT_TAU, ClassifierHead, make_head
 
@@ -23,7 +24,9 @@ class CamClassifier(nn.Module):
     by ReCAM's softmax loss. It is registered *before* ``head`` so that the last 1x1 conv in module
     order is always the main classifier (the CAM engine detects its head that way).
 
-    ``spec`` is everything needed to rebuild the architecture (it goes into checkpoints).
+    ``spec`` is everything needed to rebuild the architecture (it goes into checkpoints);
+    ``image_prep`` is how images become its input (set by training, recorded in checkpoints,
+    restored by ``load_checkpoint``; None for a model that was never trained by camflow).
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class CamClassifier(nn.Module):
             self.recam_head = recam_head
         self.head = head
         self.spec = dict(spec or {})
+        self.image_prep: ImagePrep | None = None
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +69,12 @@ class CamClassifier(nn.Module):
         maps = self.forward_stages(x)
         logits = self.head(maps["stage5"])
         return (logits, maps) if return_stages else logits
+
+
+def image_prep_of(model: nn.Module, size: int | tuple[int, int]) -> ImagePrep:
+    """The preparation ``model`` was trained with (from its checkpoint), else ``ImagePrep(size)``."""
+    prep = getattr(model, "image_prep", None)
+    return prep if isinstance(prep, ImagePrep) else ImagePrep(size)
 
 
 def _check_num_classes(num_classes: Any) -> int:

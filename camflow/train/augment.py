@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from camflow.data.transforms import MEAN, STD, Transform
+from camflow.data.transforms import MEAN, STD, ImagePrep, Transform
 
 __all__ = ["ColourJitter", "eval_transform", "train_transform"]
 
@@ -62,6 +62,7 @@ def train_transform(
     return v2.Compose(steps + _to_normalised_tensor(*jitter))
 
 
-def eval_transform(size: int) -> Transform:
-    """Deterministic: the whole image resized to ``size x size``."""
-    return v2.Compose([v2.Resize((size, size), antialias=True), *_to_normalised_tensor()])
+def eval_transform(size: int) -> ImagePrep:
+    """Deterministic: the whole image resized to ``size x size``, exactly as BLS features and CAMs
+    prepare it (``camflow.data.transforms.ImagePrep``)."""
+    return ImagePrep(size)

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from camflow import storage
+from camflow.data.transforms import ImagePrep
 from camflow.models.checkpoint import init_from_checkpoint, save_checkpoint
 from camflow.models.classifier import CamClassifier, build
 from camflow.precision import autocast_dtype, default_device
@@ -256,6 +257,8 @@ def train(
 
     seed_everything(config.seed)
     model = _build_model(config, num_classes).to(device)
+    # Recorded in the checkpoint: BLS features and CAMs prepare images as validation did.
+    model.image_prep = ImagePrep(config.image_size)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     objective = runtime.prepare_model(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -33,14 +34,12 @@ def test_items(manifest, tmp_path) -> None:
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["labels"].tolist() == [1.0, 0.0, 1.0, 0.0] and item["labels"].dtype == torch.float32
     assert (item["index"], item["image_id"]) == (0, "im0")
-    # ImageNet normalisation of the resized pixels, undone exactly by denormalize.
-    expected = (
-        np.asarray(
-            Image.open(tmp_path / "im0.png").convert("RGB").resize((32, 32), Image.BILINEAR),
-            np.float32,
-        )
-        / 255.0
-    )
+    # ImageNet normalisation of the resized pixels (antialiased bilinear, in float, as
+    # camflow.data.transforms.ImagePrep does), undone exactly by denormalize.
+    pixels = np.asarray(Image.open(tmp_path / "im0.png").convert("RGB"), np.float32) / 255.0
+    expected = F.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(32, 32),
+                             mode="bilinear", align_corners=False, antialias=True)[0]
+    expected = expected.permute(1, 2, 0).numpy()
     restored = denormalize(item["image"]).permute(1, 2, 0).numpy()
     assert np.abs(restored - expected).max() < 1e-5
     assert dataset[-1]["image_id"] == "im2"
