@@ -31,6 +31,7 @@ from camflow.data.dataset import ManifestDataset
 from camflow.data.rejects import Rejects
 from camflow.features import accumulate, default_layers, feature_tables
 from camflow.models.classifier import image_prep_of
+from camflow.tensorfile import metadata
 from cluster.connect import actor_options, torch_threads_for, worker_cpus
 
 __all__ = ["FeatureWorker", "ManifestShard", "ShardSums", "fit_bls_distributed"]
@@ -66,8 +67,7 @@ class ShardSums:
 
     @classmethod
     def unpack(cls, data: bytes) -> ShardSums:
-        size = int.from_bytes(data[:8], "little")
-        meta = json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["shard"])
+        meta = json.loads(metadata(data, "shard"))
         layout = meta["feature_layout"]
         return cls(
             name=meta["name"],

@@ -8,7 +8,7 @@ collapses it into one linear map ``coef_`` on the raw pooled features.
 
 from camflow.bls.errors import BLSFormatError, NonFiniteFeaturesError, NotFittedError
 from camflow.bls.estimator import BLS
-from camflow.bls.io import FORMAT_VERSION, load_bls, save_bls
+from camflow.bls.io import FORMAT_VERSION
 
 __all__ = [
     "BLS",
@@ -16,6 +16,4 @@ __all__ = [
     "BLSFormatError",
     "NonFiniteFeaturesError",
     "NotFittedError",
-    "load_bls",
-    "save_bls",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from camflow.bls.errors import NotFittedError
+from camflow.bls.io import BLSFile, read_bls_file, write_bls_file
 from camflow.bls.solve import Solution, solve
 from camflow.bls.stats import Moments, as_features, as_labels, check_finite_rows
 
@@ -231,13 +232,20 @@ class BLS:
         With ``include_stats`` the accumulated sums are stored too (O(d^2)), so the model can be
         re-solved with another ``alpha``/``step`` without recomputing features.
         """
-        from camflow.bls.io import save_bls
-
-        save_bls(self, uri, include_stats=include_stats, storage_options=storage_options)
+        self.coef_  # noqa: B018 - raises NotFittedError on an unfitted model
+        assert self._solution is not None
+        content = BLSFile(self.alpha, self.step, self.enhance, self._solution,
+                          self._moments if include_stats else None, self.feature_layout,
+                          self.n_samples_)
+        write_bls_file(content, uri, storage_options=storage_options)
 
     @classmethod
     def load(cls, uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
         """Read a model written by :meth:`save`."""
-        from camflow.bls.io import load_bls
-
-        return load_bls(uri, storage_options=storage_options)
+        content = read_bls_file(uri, storage_options=storage_options)
+        bls = cls(alpha=content.alpha, step=content.step, enhance=content.enhance)
+        bls._solution = content.solution
+        if content.moments is not None:
+            bls._moments = content.moments
+        bls.feature_layout = content.feature_layout
+        return bls

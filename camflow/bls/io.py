@@ -11,7 +11,7 @@ feature_layout ([[layer, width], ...] or null) and has_stats.
 from __future__ import annotations
 
 import json
-import struct
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,27 +19,40 @@ import safetensors.numpy
 
 from camflow import storage
 from camflow.bls.errors import BLSFormatError
-from camflow.bls.estimator import BLS
 from camflow.bls.solve import Solution
 from camflow.bls.stats import Moments
+from camflow.tensorfile import HeaderError, read_header
 
-__all__ = ["FORMAT_VERSION", "load_bls", "save_bls"]
+__all__ = ["FORMAT_VERSION", "BLSFile", "read_bls_file", "write_bls_file"]
 
 FORMAT_VERSION = 1
 _META_KEY = "camflow.bls"
 _STATS_PREFIX = "stats."
 
 
-def save_bls(
-    bls: BLS,
-    uri: str,
-    *,
-    include_stats: bool = True,
-    storage_options: dict[str, Any] | None = None,
+@dataclass(frozen=True)
+class BLSFile:
+    """What a BLS file holds: hyper-parameters, the solution and (optionally) the statistics.
+
+    ``camflow.bls.BLS.save`` / ``BLS.load`` convert to and from the estimator; this module does
+    not know the estimator, so the two stay one-directional.
+    """
+
+    alpha: float
+    step: int
+    enhance: bool
+    solution: Solution
+    moments: Moments | None
+    feature_layout: list[tuple[str, int]] | None
+    n_samples: int
+
+
+def write_bls_file(
+    content: BLSFile, uri: str, *, storage_options: dict[str, Any] | None = None
 ) -> None:
-    """Write ``bls`` (fitted) to ``uri`` atomically: the file is complete or absent."""
-    coef = bls.coef_  # raises NotFittedError on an unfitted model
-    solution = bls._solution
+    """Write ``content`` to ``uri`` atomically: the file is complete or absent."""
+    solution = content.solution
+    coef = solution.coef
     tensors = {
         "coef": coef,
         "intercept": solution.intercept,
@@ -48,18 +61,18 @@ def save_bls(
         "node_classes": solution.node_classes.astype(np.int64),
         "constant_features": solution.constant_features.astype(np.uint8),
     }
-    stats = bls.state() if include_stats else {}
+    stats = content.moments.to_arrays() if content.moments is not None else {}
     tensors.update({_STATS_PREFIX + k: v for k, v in stats.items()})
     meta = {
         "format_version": FORMAT_VERSION,
-        "alpha": bls.alpha,
-        "step": bls.step,
-        "enhance": bls.enhance,
+        "alpha": content.alpha,
+        "step": content.step,
+        "enhance": content.enhance,
         "n_features": int(coef.shape[0]),
         "n_classes": int(coef.shape[1]),
-        "n_samples": int(bls.n_samples_),
+        "n_samples": int(content.n_samples),
         "nodes_per_class": int(solution.nodes_per_class),
-        "feature_layout": bls.feature_layout,
+        "feature_layout": content.feature_layout,
         "has_stats": bool(stats),
     }
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
@@ -68,15 +81,9 @@ def save_bls(
 
 
 def _header(data: bytes, where: str) -> dict[str, Any]:
-    # safetensors layout: u64 little-endian header size, then that many bytes of JSON.
-    if len(data) < 8:
-        raise BLSFormatError(f"{where}: not a safetensors file (only {len(data)} bytes)")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise BLSFormatError(f"{where}: not a safetensors file (header size {size} exceeds file)")
     try:
-        return json.loads(data[8 : 8 + size])
-    except ValueError as exc:
+        return read_header(data)
+    except HeaderError as exc:
         raise BLSFormatError(f"{where}: not a safetensors file ({exc})") from None
 
 
@@ -88,8 +95,8 @@ def _expect(tensors: dict[str, np.ndarray], key: str, shape: tuple[int, ...], wh
                              f"expected {shape}")
 
 
-def load_bls(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
-    """Read a BLS written by :func:`save_bls`; raises :class:`BLSFormatError` naming the file."""
+def read_bls_file(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLSFile:
+    """Read a file written by :func:`write_bls_file`; :class:`BLSFormatError` names the file."""
     where = f"BLS file {storage.redact(uri)}"
     with storage.open_uri(uri, "rb", storage_options=storage_options) as f:
         data = f.read()
@@ -105,7 +112,7 @@ def load_bls(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
     try:
         d, c = int(meta["n_features"]), int(meta["n_classes"])
         k = int(meta["nodes_per_class"])
-        bls = BLS(alpha=meta["alpha"], step=meta["step"], enhance=meta["enhance"])
+        params = (float(meta["alpha"]), int(meta["step"]), bool(meta["enhance"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise BLSFormatError(f"{where}: bad metadata ({exc})") from None
     try:
@@ -127,7 +134,7 @@ def load_bls(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
         raise BLSFormatError(f"{where}: {m} enhancement nodes is not a multiple of "
                              f"nodes_per_class={k}")
 
-    bls._solution = Solution(
+    solution = Solution(
         coef=tensors["coef"].astype(np.float64),
         intercept=tensors["intercept"].astype(np.float64),
         preliminary_coef=tensors["preliminary_coef"].astype(np.float64),
@@ -137,6 +144,7 @@ def load_bls(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
         constant_features=tensors["constant_features"].astype(bool),
     )
     stats = {k[len(_STATS_PREFIX):]: v for k, v in tensors.items() if k.startswith(_STATS_PREFIX)}
+    moments = None
     if stats:
         try:
             moments = Moments.from_arrays(stats, source=where)
@@ -145,11 +153,12 @@ def load_bls(uri: str, *, storage_options: dict[str, Any] | None = None) -> BLS:
         if (moments.n_features, moments.n_classes) != (d, c):
             raise BLSFormatError(f"{where}: stored statistics are for {moments.n_features} "
                                  f"features x {moments.n_classes} classes, the model for {d} x {c}")
-        bls._moments = moments
     layout = meta.get("feature_layout")
     if layout is not None:
-        bls.feature_layout = [(str(name), int(width)) for name, width in layout]
-        if sum(w for _, w in bls.feature_layout) != d:
+        layout = [(str(name), int(width)) for name, width in layout]
+        if sum(w for _, w in layout) != d:
             raise BLSFormatError(f"{where}: feature_layout widths sum to "
-                                 f"{sum(w for _, w in bls.feature_layout)}, not {d}")
-    return bls
+                                 f"{sum(w for _, w in layout)}, not {d}")
+    alpha, step, enhance = params
+    return BLSFile(alpha, step, enhance, solution, moments, layout,
+                   int(meta.get("n_samples", 0)))

@@ -8,7 +8,6 @@ reads it without touching the tensors. Files go through fsspec (local paths or `
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +19,8 @@ from torch import nn
 
 from camflow import storage
 from camflow.data.transforms import ImagePrep
+from camflow.models.classifier import build
+from camflow.tensorfile import HeaderError, header_bytes, read_header
 
 __all__ = [
     "FORMAT_VERSION",
@@ -95,15 +96,10 @@ def _parse_meta(raw_header: dict[str, Any], uri: str) -> dict[str, Any]:
 
 
 def _read_header(data: bytes, uri: str) -> dict[str, Any]:
-    if len(data) < 8:
-        raise CheckpointError(f"{storage.redact(uri)} is truncated or not a safetensors checkpoint")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise CheckpointError(f"{storage.redact(uri)} is truncated or not a safetensors checkpoint")
     try:
-        return json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{storage.redact(uri)} has a corrupt safetensors header") from err
+        return read_header(data)
+    except HeaderError as err:
+        raise CheckpointError(f"{storage.redact(uri)} is not a safetensors checkpoint: {err}") from err
 
 
 def _read(uri: str, storage_options: Mapping[str, Any] | None) -> bytes:
@@ -118,9 +114,7 @@ def read_checkpoint_meta(uri: str, *, storage_options: Mapping[str, Any] | None 
     """The metadata of a checkpoint, reading only its header."""
     try:
         with storage.open_uri(uri, "rb", storage_options) as f:
-            prefix = f.read(8)
-            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
-            head = prefix + f.read(length) if 0 < length < (1 << 27) else prefix
+            head = header_bytes(f)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"no checkpoint at {storage.redact(uri)}") from err
     return _parse_meta(_read_header(head, uri), uri)
@@ -219,8 +213,6 @@ def load_checkpoint(
     Models made with ``wrap()`` cannot be rebuilt from metadata: pass the freshly wrapped ``model``.
     """
     if model is None:
-        from camflow.models.classifier import build
-
         meta = read_checkpoint_meta(uri, storage_options=storage_options)
         arch = meta["model"]
         if arch.get("wrapped"):

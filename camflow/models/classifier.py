@@ -104,13 +104,12 @@ def build(
     output_stride: int = 32,
     pretrained: bool | str = False,
     tau: float = TAP_DEFAULT_TAU,
-    checkpoint: str | None = None,
 ) -> CamClassifier:
     """A CAM classifier on torchvision backbone ``name`` (resnet18/50/101, vgg16, or any other).
 
     ``pretrained``: True for torchvision's ImageNet weights (random init with a logged warning when
-    they cannot be fetched), or the path/URI of a torchvision state dict. ``checkpoint``: a camflow
-    checkpoint whose weights are loaded after validating it matches this architecture.
+    they cannot be fetched), or the path/URI of a torchvision state dict. To start from a camflow
+    checkpoint use ``camflow.models.load_checkpoint`` (or ``load_weights_into`` on this model).
     ``tau`` is the TAP threshold (used by ``head="tap"`` only).
     """
     _check_num_classes(num_classes)
@@ -124,12 +123,7 @@ def build(
         "tau": tau,
         "pretrained": backbone.pretrained,
     }
-    model = _assemble(backbone.stages, backbone.out_channels, num_classes, head, tau, spec)
-    if checkpoint is not None:
-        from camflow.models.checkpoint import load_weights_into
-
-        load_weights_into(model, checkpoint)
-    return model
+    return _assemble(backbone.stages, backbone.out_channels, num_classes, head, tau, spec)
 
 
 def wrap(

@@ -56,10 +56,11 @@ def test_channels_last_models_save(tmp_path) -> None:
     load_checkpoint(str(tmp_path / "m.safetensors"))
 
 
-def test_build_with_checkpoint_loads_weights(tmp_path) -> None:
+def test_load_weights_into_a_built_model(tmp_path) -> None:
     model = _model()
     save_checkpoint(model, str(tmp_path / "m.safetensors"), META)
-    again = build("resnet18", 3, checkpoint=str(tmp_path / "m.safetensors"))
+    again = build("resnet18", 3)
+    load_weights_into(again, str(tmp_path / "m.safetensors"))
     assert torch.equal(again.stage5[1].conv2.weight, model.stage5[1].conv2.weight)
 
 
@@ -101,7 +102,7 @@ def test_mismatched_architecture_is_rejected(tmp_path) -> None:
     uri = str(tmp_path / "m.safetensors")
     save_checkpoint(_model(), uri, META)
     with pytest.raises(CheckpointError, match="num_classes: checkpoint 3 vs model 5"):
-        build("resnet18", 5, checkpoint=uri)
+        load_weights_into(build("resnet18", 5), uri)
     with pytest.raises(CheckpointError, match="head: checkpoint 'gap' vs model 'recam'"):
         load_weights_into(_model("recam"), uri)
 
