@@ -49,8 +49,9 @@ import torch  # noqa: E402
 
 from camflow.data import embedded  # noqa: E402
 from camflow.data.voc import read_voc  # noqa: E402
-from camflow.generate import CamMethod, GenerateOptions, class_maps  # noqa: E402
+from camflow.generate import CamMethod, class_maps  # noqa: E402
 from camflow.models import build, save_checkpoint  # noqa: E402
+from camflow.options import CamOptions, GenerateOptions  # noqa: E402
 from camflow.shards import ShardStore  # noqa: E402
 from cluster.connect import connect, torch_threads_for, worker_cpus  # noqa: E402
 from cluster.generate import (  # noqa: E402
@@ -222,8 +223,8 @@ def workload(name: str, num_classes: int, feature_dim: int) -> tuple[tuple[CamMe
         scales = (1.0,)
     else:
         raise ValueError(f"unknown workload {name!r}: demo or light")
-    return methods, GenerateOptions(num_classes=num_classes, image_size=112, scales=scales,
-                                    flip=False, batch_size=16)
+    return methods, GenerateOptions(num_classes=num_classes, image_size=112,
+                                    cam=CamOptions(scales=scales, flip=False, batch_size=16))
 
 
 def main() -> int:

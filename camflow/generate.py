@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,7 @@ from camflow.data.images import BadImageError, load_rgb
 from camflow.data.masks import load_mask
 from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
 from camflow.models.classifier import image_prep_of
+from camflow.options import GenerateOptions
 from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, seed_rows
 from camflow.postprocess import class_boxes, crf_from_labels, encode_label_png, pseudo_mask
 
@@ -59,24 +60,6 @@ class CamMethod:
             options["weights"] = torch.tensor(np.array(self.weights, dtype=np.float32))
         head = getattr(model, self.head_attr) if self.head_attr is not None else None
         return cam_engine.CamRequest(self.name, self.layers, head=head, options=options)
-
-
-@dataclass(frozen=True)
-class GenerateOptions:
-    num_classes: int
-    image_size: int = 112
-    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
-    flip: bool = True
-    seed_stride: int = 4
-    batch_size: int = 16
-    background: Literal["constant", "power"] = "constant"
-    bg_threshold: float = 0.25
-    bg_alpha: float = 4.0
-    box_method: Literal["max", "pas"] = "max"
-    box_tau: float = 0.2
-    box_percentile: float = 90.0
-    components: Literal["largest", "all"] = "largest"
-    crf: bool = False  # refine pseudo masks with a dense CRF on the image (IRN's label CRF)
 
 
 @dataclass
@@ -130,14 +113,14 @@ def class_maps(
     if len(requests) != len(methods):
         raise ValueError(f"methods: keys must be distinct, got {[m.key for m in methods]}")
     out: dict[str, list[np.ndarray]] = {key: [] for key in requests}
-    for start in range(0, len(images), opts.batch_size):
-        batch = images[start:start + opts.batch_size]
+    for start in range(0, len(images), opts.cam.batch_size):
+        batch = images[start:start + opts.cam.batch_size]
         x = torch.stack([prep(im.pixels) for im in batch]).to(device)
         k = max(len(im.labels) for im in batch)
         # Images with fewer classes repeat their first class; the extra maps are dropped below.
         classes = torch.tensor([im.labels + im.labels[:1] * (k - len(im.labels)) for im in batch])
-        maps = cam_engine.multiscale_many(model, x, requests, classes, scales=opts.scales,
-                                          flip=opts.flip)
+        maps = cam_engine.multiscale_many(model, x, requests, classes, scales=opts.cam.scales,
+                                          flip=opts.cam.flip)
         for key, method_maps in maps.items():
             for im, m in zip(batch, method_maps):
                 out[key].append(_at_image_size(m[: len(im.labels)], im))
@@ -165,25 +148,25 @@ def shard_outputs(
     *, scales: Sequence[float] | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """The ``seeds``, ``masks`` and ``boxes`` tables of a shard, and its metric accumulators."""
-    c = opts.num_classes
+    c, mask_opts, box = opts.num_classes, opts.mask, opts.box
+    threshold = mask_opts.threshold
     metrics = new_metrics(c)
     seeds, masks, boxes = [], [], []
     for im, m in zip(images, maps):
         own = torch.from_numpy(m.astype(np.float32))
         h, w = own.shape[-2:]
         full, hot = _all_classes(im, own.numpy(), c)
-        seeds.extend(seed_rows(im.image_id, im.labels, own, stride=opts.seed_stride,
-                               scales=scales or opts.scales))
-        mask = pseudo_mask(full, hot, background=opts.background, threshold=opts.bg_threshold,
-                           alpha=opts.bg_alpha, image_id=im.image_id)
-        if opts.crf:
+        seeds.extend(seed_rows(im.image_id, im.labels, own, stride=opts.cam.seed_stride,
+                               scales=scales or opts.cam.scales))
+        mask = pseudo_mask(full, hot, background=mask_opts.background, threshold=threshold,
+                           alpha=mask_opts.bg_alpha, image_id=im.image_id)
+        if mask_opts.crf:
             mask = _crf_refine(im, mask)
         masks.append({"image_id": im.image_id, "height": h, "width": w,
                       "mask_png": encode_label_png(mask, name=im.image_id),
-                      "bg_threshold": opts.bg_threshold, "crf": opts.crf})
-        found = class_boxes(full, hot, tau=opts.box_tau, method=opts.box_method,
-                            percentile=opts.box_percentile, components=opts.components,
-                            image_id=im.image_id)
+                      "bg_threshold": threshold, "crf": mask_opts.crf})
+        found = class_boxes(full, hot, tau=box.tau, method=box.method, percentile=box.percentile,
+                            components=box.components, image_id=im.image_id)
         for i in range(len(found["class_id"])):
             boxes.append({"image_id": im.image_id, "class_id": int(found["class_id"][i]),
                           "score": float(found["score"][i]),

@@ -57,7 +57,8 @@ class GenerationJob:
         threshold = self.bg_thresholds.get(method.key)
         if threshold is None:
             return self.options
-        return dataclasses.replace(self.options, bg_threshold=threshold)
+        mask = dataclasses.replace(self.options.mask, bg_threshold=threshold)
+        return dataclasses.replace(self.options, mask=mask)
 
 
 @dataclass
@@ -352,7 +353,7 @@ def collect(store: ShardStore, job: GenerationJob, *, shards_total: int,
         parts = [gen.metrics_from_json(c.extra["metrics"]) for c in store.commits(method.key)]
         summary = gen.summarize(gen.merge_metrics(parts))
         options = job.options_for(method)
-        if summary and options.background == "constant":  # a (1 - max)^alpha background has none
-            summary["mask_bg_threshold"] = options.bg_threshold
+        if summary and options.mask.background == "constant":  # (1 - max)^alpha has none
+            summary["mask_bg_threshold"] = options.mask.threshold
         result.metrics[method.key] = summary
     return result

@@ -58,7 +58,7 @@ def cmd_run(args: argparse.Namespace, *, flow_name: str = "pipeline") -> int:
 
     cfg = _config(args)
     flow = getattr(pipeline_module, flow_name)
-    result = flow(cfg.model_dump(mode="json"))
+    result = flow(cfg)
     _print_metrics(result["results"])
     print(result["report"])
     print(result["run_dir"])
@@ -128,7 +128,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.out and not args.out.endswith(".safetensors"):
         raise UserError(f"--out {args.out} is not a .safetensors file",
                         "e.g. --out runs/backbones/resnet18.safetensors (the card goes beside it)")
-    result = pretrain(cfg.model_dump(mode="json"), backbone=args.backbone, out=args.out)
+    result = pretrain(cfg, backbone=args.backbone, out=args.out)
     card = result["card"]
     print(f"source-val mAP {card['val']['mAP']:.3f}, exact match {card['val']['exact_match']:.3f} "
           f"after {card['epochs']} epochs on {len(card['source']['classes'])} source classes "

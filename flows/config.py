@@ -6,19 +6,29 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from camflow.data.source import SourceParams
+from camflow.models import HEADS, OUTPUT_STRIDES
 from camflow.models.pretrained import EMBEDDED
+from camflow.options import BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
+from camflow.train import TrainConfig
+from camflow.train.config import OPTIMIZERS, SCHEDULES
 
-CAM_METHODS = (
-    "broadcam", "cam", "cam_nwc", "gradcam", "gradcampp", "xgradcam", "layercam", "scorecam", "recam",
-)
+
+def _one_of(value: Any, allowed: Iterable[Any], what: str) -> Any:
+    """``value`` if the library registers it (None passes: the default applies)."""
+    allowed = tuple(allowed)
+    if value is not None and value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(map(str, allowed))}")
+    return value
 
 
 class Section(BaseModel):
@@ -48,8 +58,8 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     backbone: str = "resnet18"
-    head: Literal["gap", "tap", "recam"] = "gap"
-    output_stride: Literal[8, 16, 32] | None = Field(
+    head: str = Field("gap", description=f"one of {', '.join(HEADS)}")
+    output_stride: int | None = Field(
         None, description="default: the data's preset (the embedded benchmark's, else 32)")
     pretrained: bool | str | None = Field(
         None, description="false: random init; true or imagenet: torchvision's ImageNet weights "
@@ -57,6 +67,16 @@ class ModelConfig(Section):
         "(built once, cached under $CAMFLOW_CACHE); or the path/URI of a torchvision state dict. "
         "Default: embedded for the embedded benchmark, false otherwise")
     checkpoint: str | None = Field(None, description="start from this checkpoint instead of training")
+
+    @field_validator("head")
+    @classmethod
+    def _known_head(cls, value: str) -> str:
+        return _one_of(value, HEADS, "head")
+
+    @field_validator("output_stride")
+    @classmethod
+    def _known_stride(cls, value: int | None) -> int | None:
+        return _one_of(value, OUTPUT_STRIDES, "output stride")
 
     @field_validator("pretrained")
     @classmethod
@@ -90,9 +110,19 @@ class TrainConfigSection(Section):
     epochs: int | None = Field(None, ge=1, description="default: the preset of the data")
     batch_size: int | None = Field(None, ge=1)
     lr: float | None = Field(None, gt=0)
-    optimizer: Literal["sgd", "adamw"] | None = None
-    schedule: Literal["poly", "cosine"] | None = None
+    optimizer: str | None = Field(None, description=f"one of {', '.join(OPTIMIZERS)}")
+    schedule: str | None = Field(None, description=f"one of {', '.join(SCHEDULES)}")
     seed: int = 0
+
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, value: str | None) -> str | None:
+        return _one_of(value, OPTIMIZERS, "optimizer")
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str | None) -> str | None:
+        return _one_of(value, SCHEDULES, "schedule")
 
     @field_validator("proportions")
     @classmethod
@@ -112,40 +142,18 @@ class BLSConfig(Section):
     layers: list[str] = Field(default_factory=lambda: ["stage4", "stage5"])
 
 
-class CamsConfig(Section):
-    methods: list[str] = Field(default_factory=lambda: ["broadcam", "cam", "gradcam", "layercam"])
-    layers: list[str] = Field(default_factory=lambda: ["stage5"])
-    multi_layers: list[str] = Field(
-        default_factory=lambda: ["stage4", "stage5"],
-        description="layers of the multi-layer methods (layercam; broadcam uses bls.layers)",
-    )
-    scales: list[float] = Field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])
-    flip: bool = True
-    split: Literal["train", "val"] = Field("val", description="the split whose seeds are made")
-    seed_stride: int = Field(4, ge=1)
-    shard_size: int = Field(64, ge=1)
-    batch_size: int = Field(16, ge=1)
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class CamsConfig(CamOptions):
+    """The CAM options themselves (camflow.options.CamOptions), and which split gets seeds in
+    shards of how many images."""
 
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
-        unknown = [m for m in value if m not in CAM_METHODS]
-        if unknown:
-            raise ValueError(f"unknown CAM method(s) {unknown}; known: {', '.join(CAM_METHODS)}")
-        return value
+    split: Literal["train", "val"] = Field("val", description="the split whose seeds are made")
+    shard_size: int = Field(64, ge=1)
 
 
 class PostprocessConfig(Section):
-    bg_threshold: float | None = Field(
-        None, ge=0, le=1, description="constant background score; default: per method, the best "
-        "of the seed sweep on calibration_images training images with masks (else 0.25)")
-    calibration_images: int = Field(64, ge=1, description="training images that choose bg_threshold")
-    bg_power: float | None = Field(None, gt=0, description="use (1 - max)^power instead")
-    crf: bool = Field(False, description="refine pseudo masks with a dense CRF (slow on CPU)")
-    box_method: Literal["max", "pas"] = "max"
-    box_tau: float = Field(0.2, gt=0, le=1)
-    box_percentile: float = Field(90.0, gt=0, le=100)
-    all_components: bool = False
+    mask: MaskOptions = MaskOptions()
+    box: BoxOptions = BoxOptions()
 
 
 class ClusterConfig(Section):
@@ -209,6 +217,24 @@ class RunConfig(Section):
         return {**values, "model": {**model, "pretrained": EMBEDDED if kind == "embedded" else False}}
 
 
+    def train_config(self, proportion: float, seed: int, pretrained: bool | str) -> TrainConfig:
+        """The library's training config of one run: the embedded preset for the embedded
+        benchmark, the library defaults otherwise, with what this file sets on top.
+
+        ``pretrained`` is ``model.pretrained`` resolved (a file for the source-pretrained backbone).
+        """
+        base = (TrainConfig.embedded(proportion, pretrained=pretrained)
+                if self.data.kind == "embedded"
+                else TrainConfig(pretrained=pretrained, proportion=proportion))
+        overrides = {k: getattr(self.train, k)
+                     for k in ("epochs", "batch_size", "lr", "optimizer", "schedule")
+                     if getattr(self.train, k) is not None}
+        if self.model.output_stride is not None:
+            overrides["output_stride"] = self.model.output_stride
+        return base.replace(model=self.model.backbone, head=self.model.head, seed=seed,
+                            **overrides)
+
+
 class ConfigError(ValueError):
     """A config problem, worded for the user: one line and a hint."""
 
@@ -220,7 +246,7 @@ class ConfigError(ValueError):
 def _describe(error: ValidationError, source: str) -> ConfigError:
     first = error.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
+    if first["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return ConfigError(f"{source}: unknown key '{where}'",
                            "check the spelling; `camflow config` prints every key with its default")
     return ConfigError(f"{source}: {where}: {first['msg']}",

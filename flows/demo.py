@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect stops its temporary API server at exit and logs that; exit handlers run last
     # registered first, so one registered before the flow prints the run directory after it.
     atexit.register(lambda: finished and print(finished[0], flush=True))
-    result = pipeline(parse_config(config).model_dump(mode="json"))
+    result = pipeline(parse_config(config))
     from camflow.report import markdown_table, metrics_rows
 
     print(markdown_table(metrics_rows(result["results"])))

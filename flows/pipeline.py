@@ -6,6 +6,7 @@ seeds/masks/boxes -> report; the proportion sweep; the backbone pretraining on i
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -57,24 +58,26 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     run_dir = storage.join(cfg.output, run_id)
     log.info("run %s -> %s", run_id, storage.redact(run_dir))
     data, cluster = cfg.data.model_dump(), cfg.cluster.model_dump()
-    cams, post = cfg.cams.model_dump(), cfg.postprocess.model_dump()
     methods = list(cfg.cams.methods)
-    main_cams = {**cams, "methods": [m for m in methods if m != "recam"]}
+    # ReCAM's maps come from its own classifier (trained on), so they are a generation of their own.
+    main_cams = dataclasses.replace(cfg.cams, methods=tuple(m for m in methods if m != "recam"))
+    post = cfg.postprocess
+    generation = {"split": cfg.cams.split, "shard_size": cfg.cams.shard_size}
 
     started = time.monotonic()
     prepared = prepare_data(data, run_dir, cfg.output)
     prepare_seconds = time.monotonic() - started
-    model = {**cfg.model.model_dump(), "pretrained": resolve_pretrained(cfg, run_dir)}
-    training = cfg.train.model_dump()
+    pretrained = resolve_pretrained(cfg, run_dir)
+    configs = {run: cfg.train_config(*run, pretrained) for run in runs}
     results: dict[str, dict[str, Any]] = {}
     generated: dict[str, list[dict[str, Any]]] = {}
     # Every classifier first: locally they train in this process, and a local Ray kept alive
     # beside them (it starts with the first BLS fit) slows training by a fifth on two cores.
     labels = {run: run_label(*run, cfg.train.seed) for run in runs}
-    classifiers = {run: train_classifier(model, training, data, prepared, run[0], run_dir, cluster,
-                                         seed=run[1], label=labels[run]) for run in runs}
-    recams = {run: train_recam(classifiers[run]["checkpoint"], model, training, data, prepared,
-                               run[0], run_dir, cluster, seed=run[1], label=labels[run])
+    classifiers = {run: train_classifier(configs[run], prepared, run_dir, cluster, labels[run],
+                                         checkpoint=cfg.model.checkpoint) for run in runs}
+    recams = {run: train_recam(classifiers[run]["checkpoint"], configs[run], prepared, run_dir,
+                               cluster, labels[run])
               for run in runs} if "recam" in methods else {}
     for run in runs:
         (proportion, seed), label, trained = run, labels[run], classifiers[run]
@@ -83,14 +86,16 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
             fitted = fit_broadcam(cfg.bls.model_dump(), prepared, trained["checkpoint"], proportion,
                                   seed, cfg.data.image_size, run_dir, cluster, label=label)
         jobs = []
-        if main_cams["methods"]:
-            jobs.append(generate_cams(main_cams, post, prepared, trained["checkpoint"], fitted,
-                                      proportion, cfg.data.image_size, run_dir, cluster,
-                                      label=label))
+        if main_cams.methods:
+            jobs.append(generate_cams(main_cams, post.mask, post.box, prepared,
+                                      trained["checkpoint"], fitted, proportion,
+                                      cfg.data.image_size, run_dir, cluster, label=label,
+                                      **generation))
         if run in recams:
-            jobs.append(generate_cams({**cams, "methods": ["recam"]}, post, prepared,
-                                      recams[run]["checkpoint"], None, proportion,
-                                      cfg.data.image_size, run_dir, cluster, label=f"{label}-recam"))
+            jobs.append(generate_cams(dataclasses.replace(cfg.cams, methods=("recam",)), post.mask,
+                                      post.box, prepared, recams[run]["checkpoint"], None,
+                                      proportion, cfg.data.image_size, run_dir, cluster,
+                                      label=f"{label}-recam", **generation))
         generated[label] = jobs
         results[label] = {
             "run": label, "proportion": proportion, "seed": seed,
@@ -108,35 +113,41 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     return {"run_id": run_id, "run_dir": run_dir, "results": results, **written}
 
 
+def as_config(config: RunConfig | dict[str, Any] | None) -> RunConfig:
+    """The run's config, parsed once: the CLI hands its parsed config over as it is; a
+    deployment's JSON parameters are parsed here."""
+    return config if isinstance(config, RunConfig) else parse_config(config)
+
+
 @flow(name="camflow-pipeline", log_prints=True)
-def pipeline(config: dict[str, Any] | None = None) -> dict[str, Any]:
+def pipeline(config: RunConfig | dict[str, Any] | None = None) -> dict[str, Any]:
     """Train on each configured proportion, fit BroadCAM, make seeds, masks and boxes, evaluate."""
-    cfg = parse_config(config)
+    cfg = as_config(config)
     return run_stages(cfg, planned_runs(cfg, cfg.train.proportions),
                       title=f"camflow run: {cfg.name}")
 
 
 @flow(name="camflow-sweep", log_prints=True)
-def sweep(config: dict[str, Any] | None = None) -> dict[str, Any]:
+def sweep(config: RunConfig | dict[str, Any] | None = None) -> dict[str, Any]:
     """BroadCAM's central comparison: every metric against training proportion, per method.
 
     Proportions up to ``sweep.seeds_up_to`` are trained with every one of ``sweep.seeds``; the
     report gives mean and standard deviation over them.
     """
-    cfg = parse_config(config)
+    cfg = as_config(config)
     return run_stages(cfg, planned_runs(cfg, cfg.sweep.proportions, cfg.sweep.seeds),
                       title=f"camflow sweep: {cfg.name}")
 
 
 @flow(name="camflow-pretrain", log_prints=True)
-def pretrain(config: dict[str, Any] | None = None, backbone: str | None = None,
+def pretrain(config: RunConfig | dict[str, Any] | None = None, backbone: str | None = None,
              out: str | None = None) -> dict[str, Any]:
     """Pretrain a backbone on the source benchmark: into the cache, or to ``out`` (.safetensors)."""
-    cfg = parse_config(config)
+    cfg = as_config(config)
     recipe = cfg.pretrain.recipe(backbone or cfg.model.backbone)
     return pretrain_backbone(recipe.to_dict(), out=out)
 
 
 if __name__ == "__main__":
     config = load_config(sys.argv[1] if len(sys.argv) > 1 else None)
-    print(pipeline(config.model_dump(mode="json"))["run_dir"])
+    print(pipeline(config)["run_dir"])

@@ -12,7 +12,8 @@ from prefect import get_run_logger, task
 from camflow import storage
 from camflow.bls import BLS
 from camflow.data.manifest import read_manifest
-from camflow.generate import CamMethod, GenerateOptions
+from camflow.generate import CamMethod
+from camflow.options import BoxOptions, CamOptions, GenerateOptions, MaskOptions
 from cluster.generate import (
     CheckpointModel,
     GenerationJob,
@@ -22,28 +23,29 @@ from cluster.generate import (
 from tasks.common import RETRIED, ray_for
 
 
-def cam_methods(cams: dict[str, Any], bls_result: dict[str, Any] | None) -> tuple[CamMethod, ...]:
+def cam_methods(cams: CamOptions, bls_result: dict[str, Any] | None) -> tuple[CamMethod, ...]:
     methods = []
-    for name in cams["methods"]:
+    for name in cams.methods:
         if name == "broadcam":
             if bls_result is None:
                 raise ValueError("broadcam needs a fitted BLS (the fit-broadcam stage)")
             weights = BLS.load(bls_result["bls"]).coef_
             methods.append(CamMethod(name, tuple(bls_result["layers"]), weights=weights))
         elif name == "layercam":
-            methods.append(CamMethod(name, tuple(cams["multi_layers"])))
+            methods.append(CamMethod(name, cams.multi_layers))
         elif name == "recam":
-            methods.append(CamMethod(name, tuple(cams["layers"]), head_attr="recam_head"))
+            methods.append(CamMethod(name, cams.layers, head_attr="recam_head"))
         else:
-            methods.append(CamMethod(name, tuple(cams["layers"])))
+            methods.append(CamMethod(name, cams.layers))
     return tuple(methods)
 
 
 def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
-               post: dict[str, Any], cluster: dict[str, Any]) -> dict[str, float]:
+               cluster: dict[str, Any]) -> dict[str, float]:
     """Per method, the best background score on the first training images that have masks."""
     train = read_manifest(prepared["train_manifest"])
-    with_masks = [r for r in train.to_pylist() if r.get("mask_uri")][: post["calibration_images"]]
+    with_masks = [r for r in train.to_pylist()
+                  if r.get("mask_uri")][: job.options.mask.calibration_images]
     if not with_masks:
         return {}
     return calibrate_bg_thresholds(job, with_masks, CheckpointModel(checkpoint),
@@ -52,29 +54,23 @@ def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
 
 # Not cached by inputs: the shard commit log already makes a rerun skip finished shards.
 @task(name="generate-cams", **RETRIED)
-def generate_cams(cams: dict[str, Any], post: dict[str, Any], prepared: dict[str, Any],
+def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared: dict[str, Any],
                   checkpoint: str, bls_result: dict[str, Any] | None, proportion: float,
-                  image_size: int, run_dir: str, cluster: dict[str, Any],
-                  label: str | None = None) -> dict[str, Any]:
+                  image_size: int, run_dir: str, cluster: dict[str, Any], *, split: str = "val",
+                  shard_size: int = 64, label: str | None = None) -> dict[str, Any]:
+    """Seeds, masks and boxes of ``split`` for every method of ``cams``, in shards."""
     log = get_run_logger()
     ray_for(cluster)
-    options = GenerateOptions(
-        num_classes=prepared["num_classes"], image_size=image_size, scales=tuple(cams["scales"]),
-        flip=cams["flip"], seed_stride=cams["seed_stride"], batch_size=cams["batch_size"],
-        background="power" if post["bg_power"] else "constant",
-        bg_threshold=post["bg_threshold"] if post["bg_threshold"] is not None else 0.25,
-        bg_alpha=post["bg_power"] or 4.0, box_method=post["box_method"], box_tau=post["box_tau"],
-        box_percentile=post["box_percentile"],
-        components="all" if post["all_components"] else "largest", crf=post["crf"])
+    options = GenerateOptions(num_classes=prepared["num_classes"], image_size=image_size,
+                              cam=cams, mask=mask, box=box)
     job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=label or f"p{proportion:g}",
                         methods=cam_methods(cams, bls_result), options=options,
-                        shard_size=cams["shard_size"])
+                        shard_size=shard_size)
     started = time.monotonic()
-    if post["bg_threshold"] is None and not post["bg_power"]:
-        job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, post,
-                                                                cluster))
+    if mask.calibrated:
+        job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, cluster))
         log.info("pseudo-mask background scores: %s", job.bg_thresholds or "none calibrated")
-    manifest = read_manifest(prepared[f"{cams['split']}_manifest"])
+    manifest = read_manifest(prepared[f"{split}_manifest"])
     result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster["workers"],
                             use_gpu=cluster["use_gpu"], gpu_fraction=cluster["gpu_fraction"],
                             cpus_per_worker=cluster["cpus_per_worker"],

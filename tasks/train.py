@@ -16,23 +16,6 @@ from cluster.train import train_distributed
 from tasks.common import CACHED, ray_for
 
 
-def train_config(model: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
-                 proportion: float) -> TrainConfig:
-    """The embedded preset for the embedded benchmark, the library defaults otherwise.
-
-    ``model["pretrained"]`` is already resolved (a file for the source-pretrained backbone).
-    """
-    pretrained = model["pretrained"]
-    base = (TrainConfig.embedded(proportion, pretrained=pretrained) if data["kind"] == "embedded"
-            else TrainConfig(pretrained=pretrained, proportion=proportion))
-    overrides = {k: training[k] for k in ("epochs", "batch_size", "lr", "optimizer", "schedule")
-                 if training.get(k) is not None}
-    if model.get("output_stride") is not None:
-        overrides["output_stride"] = model["output_stride"]
-    return base.replace(model=model["backbone"], head=model["head"], seed=training["seed"],
-                        **overrides)
-
-
 def _datasets(config: TrainConfig, prepared: dict[str, Any]):
     return manifest_datasets(
         read_manifest(prepared["train_manifest"]), read_manifest(prepared["val_manifest"]),
@@ -62,19 +45,16 @@ def _summary(result, seconds: float) -> dict[str, Any]:
 
 
 @task(name="train-classifier", **CACHED)
-def train_classifier(model: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
-                     prepared: dict[str, Any], proportion: float, run_dir: str,
-                     cluster: dict[str, Any], seed: int | None = None,
-                     label: str | None = None) -> dict[str, Any]:
-    """One classifier on ``proportion`` of the training images (``seed``: subset and init)."""
+def train_classifier(config: TrainConfig, prepared: dict[str, Any], run_dir: str,
+                     cluster: dict[str, Any], label: str, checkpoint: str | None = None
+                     ) -> dict[str, Any]:
+    """One classifier as ``config`` says (its proportion and seed pick the subset), or the given
+    ``checkpoint`` as it is."""
     log = get_run_logger()
-    if model.get("checkpoint"):
-        meta = read_checkpoint_meta(model["checkpoint"])
-        log.info("using the given checkpoint %s", storage.redact(model["checkpoint"]))
-        return {"checkpoint": model["checkpoint"], "metrics": meta.get("metrics", {}), "seconds": 0.0}
-    config = train_config(model, {**training, "seed": training["seed"] if seed is None else seed},
-                          data, proportion)
-    label = label or f"p{proportion:g}"
+    if checkpoint:
+        meta = read_checkpoint_meta(checkpoint)
+        log.info("using the given checkpoint %s", storage.redact(checkpoint))
+        return {"checkpoint": checkpoint, "metrics": meta.get("metrics", {}), "seconds": 0.0}
     result, seconds = _fit(config, prepared, storage.join(run_dir, "models", label), cluster)
     log.info("%s: val mAP %.3f at epoch %d (%.0f s)", label,
              result.best_metrics.get("mAP", float("nan")), result.best_epoch, seconds)
@@ -82,16 +62,12 @@ def train_classifier(model: dict[str, Any], training: dict[str, Any], data: dict
 
 
 @task(name="train-recam", **CACHED)
-def train_recam(checkpoint: str, model: dict[str, Any], training: dict[str, Any],
-                data: dict[str, Any], prepared: dict[str, Any], proportion: float, run_dir: str,
-                cluster: dict[str, Any], seed: int | None = None,
-                label: str | None = None) -> dict[str, Any]:
+def train_recam(checkpoint: str, config: TrainConfig, prepared: dict[str, Any], run_dir: str,
+                cluster: dict[str, Any], label: str) -> dict[str, Any]:
     """ReCAM's second stage: the trained classifier goes on with BCE + ReCAM's loss."""
     log = get_run_logger()
-    base = train_config(model, {**training, "seed": training["seed"] if seed is None else seed},
-                        data, proportion)
-    config = base.recam_stage(checkpoint)
-    label = f"{label or f'p{proportion:g}'}-recam"
+    config = config.recam_stage(checkpoint)
+    label = f"{label}-recam"
     result, seconds = _fit(config, prepared, storage.join(run_dir, "models", label), cluster)
     log.info("%s: val mAP %.3f after %d ReCAM epochs (%.0f s)", label,
              result.best_metrics.get("mAP", float("nan")), config.epochs, seconds)

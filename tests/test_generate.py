@@ -20,6 +20,7 @@ from camflow.generate import (
     summarize,
 )
 from camflow.models import build
+from camflow.options import CamOptions, MaskOptions
 from camflow.postprocess import decode_label_png
 
 
@@ -38,21 +39,26 @@ def model():
     return build("resnet18", len(embedded.CLASSES)).eval()
 
 
-OPTS = GenerateOptions(num_classes=len(embedded.CLASSES), image_size=64, scales=(1.0,), flip=False)
+OPTS = GenerateOptions(num_classes=len(embedded.CLASSES), image_size=64,
+                       cam=CamOptions(scales=(1.0,), flip=False))
 CAM = CamMethod("cam", ("stage5",))
+
+
+def _at(threshold: float) -> GenerateOptions:
+    return dataclasses.replace(OPTS, mask=MaskOptions(bg_threshold=threshold))
 
 
 def test_masks_made_at_the_calibrated_threshold_score_the_best_seed_miou(images, model):
     best = best_bg_thresholds(model, images, [CAM], OPTS)["cam"]
     assert 0 <= best <= 1
     maps = class_maps(model, images, [CAM], OPTS)["cam"]
-    _, at_best = shard_outputs(images, maps, dataclasses.replace(OPTS, bg_threshold=best))
+    _, at_best = shard_outputs(images, maps, _at(best))
     summary = summarize(at_best)
     assert summary["seed_best_threshold"] == pytest.approx(best)
     # A constant-background pseudo mask is the seed at that threshold: same mIoU.
     assert summary["mask_mIoU"] == pytest.approx(summary["seed_mIoU"], abs=1e-9)
     other = 0.05 if best > 0.5 else 0.95
-    _, elsewhere = shard_outputs(images, maps, dataclasses.replace(OPTS, bg_threshold=other))
+    _, elsewhere = shard_outputs(images, maps, _at(other))
     assert summarize(elsewhere)["mask_mIoU"] <= summary["mask_mIoU"]
 
 
@@ -64,7 +70,7 @@ def test_no_masks_no_calibration(images, model):
 def test_crf_refined_masks_keep_to_the_image_classes(images, model):
     few = images[:3]
     maps = class_maps(model, few, [CAM], OPTS)["cam"]
-    tables, _ = shard_outputs(few, maps, dataclasses.replace(OPTS, crf=True))
+    tables, _ = shard_outputs(few, maps, dataclasses.replace(OPTS, mask=MaskOptions(crf=True)))
     masks = tables["masks"].to_pylist()
     assert all(row["crf"] for row in masks)
     for im, row in zip(few, masks):
@@ -76,7 +82,7 @@ def test_crf_refined_masks_keep_to_the_image_classes(images, model):
 def test_class_maps_of_several_methods_equal_each_alone(images, model):
     methods = [CAM, CamMethod("gradcam", ("stage5",)),
                CamMethod("layercam", ("stage4", "stage5"), label="layercam-multi")]
-    opts = dataclasses.replace(OPTS, scales=(1.0, 0.5), flip=True)
+    opts = dataclasses.replace(OPTS, cam=CamOptions(scales=(1.0, 0.5), flip=True))
     together = class_maps(model, images[:4], methods, opts)
     assert list(together) == ["cam", "gradcam", "layercam-multi"]
     for method in methods:

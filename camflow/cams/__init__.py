@@ -20,12 +20,13 @@ from camflow.cams.engine import (
 )
 from camflow.cams.hooks import Capture, capture, resolve_layers
 from camflow.cams.linear import broadcam_matrix, find_head, head_matrix
-from camflow.cams.multiscale import multiscale, multiscale_many
+from camflow.cams.multiscale import SCALES, multiscale, multiscale_many
 from camflow.cams.registry import METHODS, MethodInputs, MethodSpec, get_method, register_method
 
 __all__ = [
     "GRADIENT_MODES",
     "METHODS",
+    "SCALES",
     "CamRequest",
     "Capture",
     "MethodInputs",

@@ -12,7 +12,10 @@ from torch import Tensor, nn
 from camflow.cams.engine import CamRequest, compute_many, normalize_max
 from camflow.cams.validation import check_classes, check_images, check_size
 
-__all__ = ["multiscale", "multiscale_many"]
+__all__ = ["SCALES", "multiscale", "multiscale_many"]
+
+# The usual multi-scale inference of CAM-based WSSS (IRN, ReCAM), the default of every layer.
+SCALES = (1.0, 0.5, 1.5, 2.0)
 
 
 def multiscale(
@@ -22,7 +25,7 @@ def multiscale(
     layers: Sequence[str] | str,
     classes: Tensor | Sequence[int],
     *,
-    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    scales: Sequence[float] = SCALES,
     flip: bool = True,
     size: tuple[int, int] | None = None,
     head: nn.Module | None = None,
@@ -49,7 +52,7 @@ def multiscale_many(
     requests: Mapping[str, CamRequest],
     classes: Tensor | Sequence[int],
     *,
-    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+    scales: Sequence[float] = SCALES,
     flip: bool = True,
     size: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:

@@ -24,6 +24,8 @@ from camflow.postprocess.masks import class_ids
 from camflow.postprocess.validate import BadInputError, as_numpy, map_range_problem
 
 __all__ = [
+    "BOX_PERCENTILE",
+    "BOX_TAU",
     "BoxSet",
     "box_threshold",
     "class_boxes",
@@ -35,6 +37,9 @@ __all__ = [
 
 Method = Literal["max", "pas"]
 Components = Literal["largest", "all"]
+# The defaults of every layer: the classic CAM box threshold, and PaS's percentile.
+BOX_TAU = 0.2
+BOX_PERCENTILE = 90.0
 _NO_BOXES = np.zeros((0, 4), dtype=np.int64)
 _SWEEP_BLOCK_BYTES = 16 * 2**20
 
@@ -69,7 +74,7 @@ def _base_value(cam: np.ndarray, method: Method, percentile: float) -> float:
 
 
 def box_threshold(
-    cam, *, tau: float = 0.2, method: Method = "max", percentile: float = 90.0
+    cam, *, tau: float = BOX_TAU, method: Method = "max", percentile: float = BOX_PERCENTILE
 ) -> float:
     """The CAM value above which pixels are foreground: tau x max, or tau x p-th percentile."""
     arr = as_numpy(cam, "cam")
@@ -144,9 +149,9 @@ def _box_scores(cam: np.ndarray, boxes: np.ndarray, score: str) -> np.ndarray:
 def extract_boxes(
     cam,
     *,
-    tau: float = 0.2,
+    tau: float = BOX_TAU,
     method: Method = "max",
-    percentile: float = 90.0,
+    percentile: float = BOX_PERCENTILE,
     components: Components = "largest",
     score: Literal["mean", "max"] = "mean",
     image_id: str = "0",
@@ -170,9 +175,9 @@ def class_boxes(
     cams,
     labels,
     *,
-    tau: float = 0.2,
+    tau: float = BOX_TAU,
     method: Method = "max",
-    percentile: float = 90.0,
+    percentile: float = BOX_PERCENTILE,
     components: Components = "largest",
     score: Literal["mean", "max"] = "mean",
     image_id: str = "0",
@@ -224,7 +229,7 @@ def sweep_best_iou(
     gt_boxes,
     *,
     method: Method = "max",
-    percentile: float = 90.0,
+    percentile: float = BOX_PERCENTILE,
     image_id: str = "0",
 ) -> np.ndarray:
     """[T] the best IoU with any of ``gt_boxes`` [G, 4] (inclusive corners) among the boxes of
@@ -249,7 +254,7 @@ def sweep_boxes(
     *,
     multi_contour: bool = True,
     method: Method = "max",
-    percentile: float = 90.0,
+    percentile: float = BOX_PERCENTILE,
     image_id: str = "0",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of one CAM at every relative threshold in one call.

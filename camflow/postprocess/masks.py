@@ -13,10 +13,13 @@ import numpy as np
 from camflow.postprocess.crf import CRFParams, crf_from_labels, crf_from_probs
 from camflow.postprocess.validate import BadInputError, as_numpy, map_range_problem
 
-__all__ = ["IGNORE", "background_score", "class_ids", "confident_mask", "pseudo_mask", "top_channel"]
+__all__ = ["BG_ALPHA", "BG_THRESHOLD", "IGNORE", "background_score", "class_ids", "confident_mask", "pseudo_mask", "top_channel"]
 
 IGNORE = 255
 Background = Literal["constant", "power"]
+# The defaults of every layer (library, config, CLI): a constant background score, or psa's power.
+BG_THRESHOLD = 0.25
+BG_ALPHA = 4.0
 
 
 def class_ids(labels, *, num_classes: int | None = None, image_id: str = "0") -> np.ndarray:
@@ -37,8 +40,8 @@ def background_score(
     fg_scores: np.ndarray,
     *,
     background: Background = "constant",
-    threshold: float = 0.25,
-    alpha: float = 4.0,
+    threshold: float = BG_THRESHOLD,
+    alpha: float = BG_ALPHA,
 ) -> np.ndarray:
     """Background score [H, W] for foreground scores [K, H, W] of the image's own classes.
 
@@ -99,8 +102,8 @@ def pseudo_mask(
     labels,
     *,
     background: Background = "constant",
-    threshold: float = 0.25,
-    alpha: float = 4.0,
+    threshold: float = BG_THRESHOLD,
+    alpha: float = BG_ALPHA,
     image=None,
     crf: CRFParams | None = None,
     image_id: str = "0",

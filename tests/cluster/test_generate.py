@@ -15,8 +15,9 @@ import torch
 
 from camflow.data import embedded
 from camflow.data.voc import read_voc
-from camflow.generate import CamMethod, GenerateOptions
+from camflow.generate import CamMethod
 from camflow.models import build, save_checkpoint
+from camflow.options import CamOptions, GenerateOptions
 from camflow.shards import RunInUseError, ShardStore, table_digest
 from cluster.generate import CheckpointModel, GenerationJob, calibrate_bg_thresholds, run_generation
 
@@ -45,8 +46,8 @@ def dataset(tmp_path_factory):
 
 
 def _job(output: str, run_id: str = "r1") -> GenerationJob:
-    opts = GenerateOptions(num_classes=10, image_size=64, scales=(1.0,), flip=False,
-                           seed_stride=2, batch_size=8)
+    opts = GenerateOptions(num_classes=10, image_size=64,
+                           cam=CamOptions(scales=(1.0,), flip=False, seed_stride=2, batch_size=8))
     return GenerationJob(output=output, run_id=run_id, shard_size=4, options=opts,
                          methods=(CamMethod("cam", ("stage5",)),
                                   CamMethod("gradcam", ("stage5",))))

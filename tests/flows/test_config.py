@@ -16,7 +16,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("output: s3://bucket/camflow\ncams:\n  methods: [cam, gradcam]\n")
     config = load_config(path, {"cluster.workers": 2})
-    assert config.output == "s3://bucket/camflow" and config.cams.methods == ["cam", "gradcam"]
+    assert config.output == "s3://bucket/camflow" and config.cams.methods == ("cam", "gradcam")
     assert config.cluster.workers == 2
     again = tmp_path / "again.yaml"
     again.write_text(dump_config(config))
@@ -87,3 +87,39 @@ def test_the_pretrain_section_composes_the_core_recipe():
     recipe = cfg.pretrain.recipe("resnet34")
     assert recipe.backbone == "resnet34" and recipe.epochs == 2 and recipe.source.train == 500
     assert parse_config({}).pretrain.recipe("resnet18") == PretrainConfig()
+
+
+def test_sections_are_the_library_option_types_with_its_defaults():
+    import camflow.cams as cams
+    from camflow.options import BoxOptions, CamOptions, MaskOptions
+    from camflow.postprocess.boxes import BOX_TAU
+    from camflow.postprocess.masks import BG_THRESHOLD
+
+    config = parse_config({"postprocess": {"mask": {"crf": True}, "box": {"method": "pas"}}})
+    assert isinstance(config.cams, CamOptions)
+    assert isinstance(config.postprocess.mask, MaskOptions) and config.postprocess.mask.crf
+    assert isinstance(config.postprocess.box, BoxOptions) and config.postprocess.box.method == "pas"
+    assert config.cams.scales == cams.SCALES and config.postprocess.box.tau == BOX_TAU
+    assert config.postprocess.mask.calibrated and config.postprocess.mask.threshold == BG_THRESHOLD
+
+
+def test_allowed_values_come_from_the_registries():
+    from camflow.cams import METHODS
+    from camflow.models import HEADS, OUTPUT_STRIDES
+    from camflow.train.config import SCHEDULES
+
+    assert parse_config({"cams": {"methods": sorted(METHODS)}}).cams.methods == tuple(sorted(METHODS))
+    for schedule in SCHEDULES:  # onecycle included
+        assert parse_config({"train": {"schedule": schedule}}).train.schedule == schedule
+    for head in HEADS:
+        assert parse_config({"model": {"head": head}}).model.head == head
+    for stride in OUTPUT_STRIDES:
+        assert parse_config({"model": {"output_stride": stride}}).model.output_stride == stride
+    for bad, match in (({"train": {"schedule": "step"}}, "unknown schedule"),
+                       ({"model": {"head": "mlp"}}, "unknown head"),
+                       ({"model": {"output_stride": 4}}, "unknown output stride"),
+                       ({"postprocess": {"box": {"tau": 0}}}, "tau must lie"),
+                       ({"postprocess": {"mask": {"bg_alpha": 0}}}, "bg_alpha"),
+                       ({"postprocess": {"bg_threshold": 0.3}}, "unknown key 'postprocess.bg_threshold'")):
+        with pytest.raises(ConfigError, match=match):
+            parse_config(bad)
