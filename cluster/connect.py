@@ -17,6 +17,37 @@ log = logging.getLogger("camflow.cluster")
 
 
 @dataclass(frozen=True)
+class ClusterOptions:
+    """Where and how wide the heavy stages run (the config's ``cluster`` section).
+
+    ``address``: a Ray address (default ``RAY_ADDRESS``, else a local Ray). ``use_gpu`` None: use
+    GPUs when the cluster has them. ``cpus_per_worker`` None: a one-node Ray's CPUs shared among
+    the ``workers``, 1 on a multi-node cluster (see :func:`worker_cpus`). ``dashboard``: Ray's
+    dashboard with a local Ray (port 8265).
+    """
+
+    address: str | None = None
+    workers: int = 1
+    use_gpu: bool | None = None
+    gpu_fraction: float = 1.0
+    cpus_per_worker: float | None = None
+    dashboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers!r}")
+        if not 0 < self.gpu_fraction <= 1:
+            raise ValueError(f"gpu_fraction must lie in (0, 1], got {self.gpu_fraction!r}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ValueError(f"cpus_per_worker must be positive, got {self.cpus_per_worker!r}")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether training goes to Ray Train: a cluster, several workers or GPUs."""
+        return bool(self.address) or self.workers > 1 or bool(self.use_gpu)
+
+
+@dataclass(frozen=True)
 class ClusterInfo:
     address: str
     num_cpus: float

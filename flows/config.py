@@ -21,6 +21,7 @@ from camflow.options import BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
 from camflow.train import TrainConfig
 from camflow.train.config import OPTIMIZERS, SCHEDULES
+from cluster.connect import ClusterOptions
 
 
 def _one_of(value: Any, allowed: Iterable[Any], what: str) -> Any:
@@ -156,17 +157,6 @@ class PostprocessConfig(Section):
     box: BoxOptions = BoxOptions()
 
 
-class ClusterConfig(Section):
-    address: str | None = Field(None, description="Ray address; default RAY_ADDRESS or a local Ray")
-    workers: int = Field(1, ge=1)
-    use_gpu: bool | None = Field(None, description="default: use GPUs when the cluster has them")
-    gpu_fraction: float = Field(1.0, gt=0, le=1)
-    cpus_per_worker: float | None = Field(
-        None, gt=0, description="CPUs (and torch threads) per actor; default: a one-node Ray's "
-        "CPUs shared among the workers, 1 on a multi-node cluster")
-    dashboard: bool = Field(False, description="start Ray's dashboard with a local Ray (port 8265)")
-
-
 class SweepConfig(Section):
     proportions: list[float] = Field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2],
@@ -197,7 +187,7 @@ class RunConfig(Section):
     bls: BLSConfig = BLSConfig()
     cams: CamsConfig = CamsConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
-    cluster: ClusterConfig = ClusterConfig()
+    cluster: ClusterOptions = ClusterOptions()
     sweep: SweepConfig = SweepConfig()
     schedule: ScheduleConfig = ScheduleConfig()
 

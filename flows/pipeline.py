@@ -57,7 +57,7 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     run_id = cfg.run_id or new_run_id(cfg.name)
     run_dir = storage.join(cfg.output, run_id)
     log.info("run %s -> %s", run_id, storage.redact(run_dir))
-    data, cluster = cfg.data.model_dump(), cfg.cluster.model_dump()
+    data, cluster = cfg.data.model_dump(), cfg.cluster
     methods = list(cfg.cams.methods)
     # ReCAM's maps come from its own classifier (trained on), so they are a generation of their own.
     main_cams = dataclasses.replace(cfg.cams, methods=tuple(m for m in methods if m != "recam"))

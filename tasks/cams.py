@@ -14,6 +14,7 @@ from camflow.bls import BLS
 from camflow.data.manifest import read_manifest
 from camflow.generate import CamMethod
 from camflow.options import BoxOptions, CamOptions, GenerateOptions, MaskOptions
+from cluster.connect import ClusterOptions
 from cluster.generate import (
     CheckpointModel,
     GenerationJob,
@@ -41,7 +42,7 @@ def cam_methods(cams: CamOptions, bls_result: dict[str, Any] | None) -> tuple[Ca
 
 
 def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
-               cluster: dict[str, Any]) -> dict[str, float]:
+               cluster: ClusterOptions) -> dict[str, float]:
     """Per method, the best background score on the first training images that have masks."""
     train = read_manifest(prepared["train_manifest"])
     with_masks = [r for r in train.to_pylist()
@@ -49,14 +50,14 @@ def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
     if not with_masks:
         return {}
     return calibrate_bg_thresholds(job, with_masks, CheckpointModel(checkpoint),
-                                   use_gpu=cluster["use_gpu"], cpus=cluster["cpus_per_worker"])
+                                   use_gpu=cluster.use_gpu, cpus=cluster.cpus_per_worker)
 
 
 # Not cached by inputs: the shard commit log already makes a rerun skip finished shards.
 @task(name="generate-cams", **RETRIED)
 def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared: dict[str, Any],
                   checkpoint: str, bls_result: dict[str, Any] | None, proportion: float,
-                  image_size: int, run_dir: str, cluster: dict[str, Any], *, split: str = "val",
+                  image_size: int, run_dir: str, cluster: ClusterOptions, *, split: str = "val",
                   shard_size: int = 64, label: str | None = None) -> dict[str, Any]:
     """Seeds, masks and boxes of ``split`` for every method of ``cams``, in shards."""
     log = get_run_logger()
@@ -71,9 +72,9 @@ def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared
         job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, cluster))
         log.info("pseudo-mask background scores: %s", job.bg_thresholds or "none calibrated")
     manifest = read_manifest(prepared[f"{split}_manifest"])
-    result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster["workers"],
-                            use_gpu=cluster["use_gpu"], gpu_fraction=cluster["gpu_fraction"],
-                            cpus_per_worker=cluster["cpus_per_worker"],
+    result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster.workers,
+                            use_gpu=cluster.use_gpu, gpu_fraction=cluster.gpu_fraction,
+                            cpus_per_worker=cluster.cpus_per_worker,
                             progress=sys.stderr.isatty())
     seconds = time.monotonic() - started
     log.info("%s: %d shards (%d skipped), %d rejects, %.0f s", job.run_id,

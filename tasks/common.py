@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from cluster.connect import ClusterInfo, connect
+from cluster.connect import ClusterInfo, ClusterOptions, connect
 
 # A rerun with the same inputs and the same task code reuses the finished stage's result.
 CACHED: dict[str, Any] = {
@@ -20,6 +20,6 @@ CACHED: dict[str, Any] = {
 RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 30]}
 
 
-def ray_for(cluster: dict[str, Any]) -> ClusterInfo:
+def ray_for(cluster: ClusterOptions) -> ClusterInfo:
     """Join the configured Ray cluster, or start the local one, once per process."""
-    return connect(cluster["address"], dashboard=cluster.get("dashboard", False))
+    return connect(cluster.address, dashboard=cluster.dashboard)

@@ -12,6 +12,7 @@ from camflow.data.manifest import read_manifest
 from camflow.models import read_checkpoint_meta
 from camflow.train import TrainConfig, train
 from camflow.train.data import manifest_datasets
+from cluster.connect import ClusterOptions
 from cluster.train import train_distributed
 from tasks.common import CACHED, ray_for
 
@@ -24,16 +25,16 @@ def _datasets(config: TrainConfig, prepared: dict[str, Any]):
 
 
 def _fit(config: TrainConfig, prepared: dict[str, Any], out: str,
-         cluster: dict[str, Any]) -> tuple[Any, float]:
+         cluster: ClusterOptions) -> tuple[Any, float]:
     """Train locally, or with Ray Train when a cluster, several workers or GPUs are configured."""
     train_ds, val_ds = _datasets(config, prepared)
     started = time.monotonic()
-    if cluster["address"] or cluster["workers"] > 1 or cluster["use_gpu"]:
+    if cluster.distributed:
         ray_for(cluster)
         result = train_distributed(config, train_ds, val_ds, out_uri=out,
-                                   classes=prepared["classes"], num_workers=cluster["workers"],
-                                   use_gpu=cluster["use_gpu"],
-                                   cpus_per_worker=cluster["cpus_per_worker"])
+                                   classes=prepared["classes"], num_workers=cluster.workers,
+                                   use_gpu=cluster.use_gpu,
+                                   cpus_per_worker=cluster.cpus_per_worker)
     else:
         result = train(config, train_ds, val_ds, out_uri=out, classes=prepared["classes"])
     return result, time.monotonic() - started
@@ -46,7 +47,7 @@ def _summary(result, seconds: float) -> dict[str, Any]:
 
 @task(name="train-classifier", **CACHED)
 def train_classifier(config: TrainConfig, prepared: dict[str, Any], run_dir: str,
-                     cluster: dict[str, Any], label: str, checkpoint: str | None = None
+                     cluster: ClusterOptions, label: str, checkpoint: str | None = None
                      ) -> dict[str, Any]:
     """One classifier as ``config`` says (its proportion and seed pick the subset), or the given
     ``checkpoint`` as it is."""
@@ -63,7 +64,7 @@ def train_classifier(config: TrainConfig, prepared: dict[str, Any], run_dir: str
 
 @task(name="train-recam", **CACHED)
 def train_recam(checkpoint: str, config: TrainConfig, prepared: dict[str, Any], run_dir: str,
-                cluster: dict[str, Any], label: str) -> dict[str, Any]:
+                cluster: ClusterOptions, label: str) -> dict[str, Any]:
     """ReCAM's second stage: the trained classifier goes on with BCE + ReCAM's loss."""
     log = get_run_logger()
     config = config.recam_stage(checkpoint)
