@@ -65,7 +65,7 @@ class CamMethod:
 @dataclass
 class DecodedImage:
     image_id: str
-    pixels: np.ndarray  # uint8 [H, W, 3]
+    pixels: np.ndarray | None  # uint8 [H, W, 3]; None after the CAMs when no CRF needs it
     labels: list[int]
     gt_mask: np.ndarray | None = None  # uint8 [H, W]: 0 background, k+1 class k, 255 ignore
     gt_boxes: list[dict[str, float]] | None = None  # manifest rows (pixel edges)
@@ -183,6 +183,8 @@ def shard_outputs(
 
 def _crf_refine(im: DecodedImage, mask: np.ndarray) -> np.ndarray:
     """The pseudo mask after a dense CRF over background and the image's own classes."""
+    if im.pixels is None:
+        raise ValueError(f"image {im.image_id!r}: the CRF needs the image's pixels")
     values = np.array([0, *(k + 1 for k in im.labels)])  # sorted: labels are sorted
     compact = np.searchsorted(values, mask)
     refined = crf_from_labels(im.pixels, compact, len(values), name=im.image_id)

@@ -93,10 +93,11 @@ def plan_shards(manifest: pa.Table, shard_size: int) -> list[tuple[str, list[dic
 
 # -- packing decoded images and maps between stages -------------------------------------------
 
-def _pack_images(images: Sequence[gen.DecodedImage]) -> tuple[bytes, str]:
+def _pack_images(images: Sequence[gen.DecodedImage], *, pixels: bool = True) -> tuple[bytes, str]:
     arrays, meta = {}, []
     for i, im in enumerate(images):
-        arrays[f"{i}.pixels"] = np.ascontiguousarray(im.pixels)
+        if pixels:
+            arrays[f"{i}.pixels"] = np.ascontiguousarray(im.pixels)
         if im.gt_mask is not None:
             arrays[f"{i}.mask"] = np.ascontiguousarray(im.gt_mask)
         meta.append({"image_id": im.image_id, "labels": im.labels, "boxes": im.gt_boxes})
@@ -105,7 +106,7 @@ def _pack_images(images: Sequence[gen.DecodedImage]) -> tuple[bytes, str]:
 
 def _unpack_images(data: bytes, meta: str) -> list[gen.DecodedImage]:
     arrays = st_load(data) if data else {}
-    return [gen.DecodedImage(m["image_id"], arrays[f"{i}.pixels"], m["labels"],
+    return [gen.DecodedImage(m["image_id"], arrays.get(f"{i}.pixels"), m["labels"],
                              arrays.get(f"{i}.mask"), m["boxes"])
             for i, m in enumerate(json.loads(meta))]
 
@@ -156,8 +157,12 @@ class CamWorker:
             images = _unpack_images(batch["images"][i], batch["meta"][i])
             with self._autocast():
                 maps = gen.class_maps(self.model, images, self.methods, self.options)
-            for key in ("shard", "images", "meta", "rejects"):
+            for key in ("shard", "meta", "rejects"):
                 out[key].append(batch[key][i])
+            # Post-processing needs the pixels only for the CRF: the rest of the time only the
+            # masks and labels travel on with the maps.
+            out["images"].append(batch["images"][i] if self.options.mask.crf
+                                 else _pack_images(images, pixels=False)[0])
             out["maps"].append(_pack_maps(maps))
         return out
 
