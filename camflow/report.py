@@ -124,9 +124,15 @@ def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
     ``stores`` maps each method to the store of the run that holds it (ReCAM's classifier
     writes a run of its own).
     """
-    by_id = {r["image_id"]: r for r in manifest.to_pylist()}
+    wanted = pa.array(list(image_ids), pa.string())
+    by_id = {r["image_id"]: r for r in
+             manifest.filter(pc.is_in(manifest["image_id"], value_set=wanted)).to_pylist()}
     methods = list(stores)
-    tables = {m: {t: stores[m].read(t, m) for t in ("seeds", "masks", "boxes")} for m in methods}
+    tables = {}
+    for m in methods:
+        commits = stores[m].commits(m)  # one listing for the three tables
+        tables[m] = {t: stores[m].read(t, m, image_ids=image_ids, commits=commits)
+                     for t in ("seeds", "masks", "boxes")}
     rows, labels = [], []
     for image_id in image_ids:
         record = by_id[image_id]
@@ -138,7 +144,7 @@ def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
             cam = (np.max([dequantize_seed(s).numpy() for s in seeds], axis=0)
                    if seeds else np.zeros(image.shape[:2], np.float32))
             masks = _rows_for(tables[m]["masks"], image_id)
-            mask = decode_label_png(masks[0]["mask_png"]) if masks else None
+            mask = decode_label_png(masks[0]["mask_png"]["bytes"]) if masks else None
             boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in _rows_for(tables[m]["boxes"], image_id)]
             row += [viz.overlay(image, cam=cam), viz.overlay(image, mask=mask, boxes=boxes)]
         rows.append(row)

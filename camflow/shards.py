@@ -11,6 +11,10 @@ A shard's files are written first and its marker last, each whole or not at all
 local disk). The marker is the commit: :meth:`ShardStore.read` returns only files named by
 markers, a rerun skips shards that have a marker, and a shard redone after a crash lands on the
 same paths, so nothing is ever doubled.
+
+Markers and data files are read in batches (``fs.cat`` of many paths: one request each, run
+concurrently on an object store) inside camflow's one retry layer, ``storage.with_retries``; the
+store's filesystem makes one attempt per request itself. The run lease is ``camflow.lease``.
 """
 
 from __future__ import annotations
@@ -18,62 +22,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
-import random
-import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from camflow import storage
+from camflow.lease import RunInUseError, RunLease
+from camflow.storage import with_retries
 
-log = logging.getLogger("camflow.shards")
-T = TypeVar("T")
+__all__ = ["RunInUseError", "RunLease", "ShardCommit", "ShardStore", "table_digest", "with_retries"]
 
 FORMAT_VERSION = 1
-
-
-class RunInUseError(RuntimeError):
-    """Another live writer holds the lease of this run."""
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-        return False
-    name = type(exc).__name__
-    # botocore/aiohttp connection failures surface under these names through s3fs.
-    transient_names = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                       "ClientConnectorError", "ServerDisconnectedError", "ConnectionClosedError",
-                       "ClientOSError", "ServerTimeoutError")
-    if name in transient_names or isinstance(exc, OSError):
-        return True
-    cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and _is_transient(cause)
-
-
-def with_retries(
-    fn: Callable[[], T], *, what: str, attempts: int = 8, base_delay: float = 0.25,
-    max_delay: float = 8.0,
-) -> T:
-    """Call ``fn``, retrying transient I/O failures with jittered exponential backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if attempt == attempts or not _is_transient(exc):
-                raise
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1)) * (0.5 + random.random())
-            log.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__,
-                        storage.redact(exc), attempt, attempts - 1, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def table_digest(table: pa.Table) -> str:
@@ -111,8 +75,10 @@ class ShardCommit:
 
 
 def _check_name(kind: str, value: str) -> str:
-    if not value or any(c in value for c in "/=\\") or value.startswith(("_", ".")):
-        raise ValueError(f"invalid {kind} {value!r}: no '/', '=', '\\', no leading '_' or '.'")
+    # Glob characters too: names end up in the patterns and batched reads that find markers.
+    if not value or any(c in value for c in "/=\\*?[]") or value.startswith(("_", ".")):
+        raise ValueError(f"invalid {kind} {value!r}: no '/', '=', '\\', '*', '?', '[', ']', "
+                         "no leading '_' or '.'")
     return value
 
 
@@ -125,7 +91,7 @@ class ShardStore:
         self.root = os.fspath(root).rstrip("/")
         self.run_id = _check_name("run id", run_id)
         self.storage_options = dict(storage_options or {})
-        self.fs, self._root_path = storage.resolve(self.root, self.storage_options)
+        self.fs, self._root_path = storage.resolve(self.root, self.storage_options, retried=True)
 
     # -- paths -------------------------------------------------------------------------------
     def _p(self, *parts: str) -> str:
@@ -138,32 +104,73 @@ class ShardStore:
         return self._p("_commits", f"run={self.run_id}", f"method={method}", f"{shard}.json")
 
     # -- reading -----------------------------------------------------------------------------
-    def commits(self, method: str | None = None) -> list[ShardCommit]:
-        """Committed shards of this run (of one method, or all), in shard order."""
+    def _markers(self, method: str | None) -> list[str]:
         base = self._p("_commits", f"run={self.run_id}")
         pattern = f"{base}/method={method}/*.json" if method else f"{base}/method=*/*.json"
-        paths = with_retries(lambda: sorted(self.fs.glob(pattern)), what="list commits")
-        out = []
-        for path in paths:
-            data = with_retries(lambda p=path: self.fs.cat_file(p), what=f"read {path}")
-            out.append(ShardCommit.from_json(data, path))
-        return out
+        self.fs.invalidate_cache()  # an object store's listing cache would hide new markers
+        return with_retries(lambda: sorted(self.fs.glob(pattern)), what="list commits")
+
+    def _cat(self, paths: list[str], *, what: str, missing_ok: bool) -> dict[str, bytes]:
+        """The bytes of ``paths``, read as one batch; a retry rereads only what failed.
+
+        A path gone since it was listed is left out when ``missing_ok``, else it raises.
+        """
+        got: dict[str, bytes] = {}
+
+        def attempt() -> None:
+            todo = [p for p in paths if p not in got]
+            if not todo:
+                return
+            asked = set(todo)
+            failed = None
+            for path, value in self.fs.cat(todo, on_error="return").items():
+                if path not in asked:  # respelled by the filesystem: it would pass for missing
+                    raise RuntimeError(f"{what}: asked for {todo[:3]}.., got {path}")
+                if isinstance(value, FileNotFoundError) and missing_ok:
+                    continue
+                if isinstance(value, BaseException):
+                    failed = failed or value
+                else:
+                    got[path] = value
+            if failed is not None:
+                raise failed
+
+        with_retries(attempt, what=what)
+        return got
+
+    def commits(self, method: str | None = None) -> list[ShardCommit]:
+        """Committed shards of this run (of one method, or all), in shard order."""
+        paths = self._markers(method)
+        data = self._cat(paths, what=f"read {len(paths)} commit markers", missing_ok=True)
+        return [ShardCommit.from_json(data[p], p) for p in paths if p in data]
 
     def committed(self, method: str) -> set[str]:
-        self.fs.invalidate_cache()
-        return {c.shard for c in self.commits(method)}
+        """Names of the committed shards of ``method`` (one listing, no reads)."""
+        return {p.rsplit("/", 1)[1][: -len(".json")] for p in self._markers(method)}
 
-    def read(self, table: str, method: str | None = None) -> pa.Table:
-        """Rows of ``table`` from committed shards only, with ``run`` and ``method`` columns."""
-        self.fs.invalidate_cache()
+    def read(
+        self, table: str, method: str | None = None, *, image_ids: Iterable[str] | None = None,
+        commits: Iterable[ShardCommit] | None = None,
+    ) -> pa.Table:
+        """Rows of ``table`` from committed shards only, with ``run`` and ``method`` columns.
+
+        ``image_ids``: only the rows of these images; shard files whose recorded range of image
+        ids holds none of them are not read at all. ``commits``: the markers to read from, as
+        :meth:`commits` returned them (saves a listing when reading several tables).
+        """
+        chosen = self.commits(method) if commits is None else [
+            c for c in commits if method is None or c.method == method]
+        chosen = [c for c in chosen if table in c.files]
+        where = None
+        if image_ids is not None:
+            ids = sorted(set(image_ids))
+            chosen = [c for c in chosen if _may_hold(c.files[table], ids)]
+            where = pc.field("image_id").isin(ids)
+        paths = [c.files[table]["path"] for c in chosen]
+        data = self._cat(paths, what=f"read {len(paths)} {table} files", missing_ok=False)
         parts = []
-        for commit in self.commits(method):
-            info = commit.files.get(table)
-            if info is None:
-                continue
-            path = info["path"]
-            data = with_retries(lambda p=path: self.fs.cat_file(p), what=f"read {path}")
-            part = pq.read_table(pa.BufferReader(data))
+        for commit, path in zip(chosen, paths):
+            part = pq.read_table(pa.BufferReader(data[path]), filters=where)
             n = part.num_rows
             part = part.append_column("run", pa.array([self.run_id] * n, pa.string()))
             parts.append(part.append_column("method", pa.array([commit.method] * n, pa.string())))
@@ -189,7 +196,7 @@ class ShardStore:
             with_retries(lambda a=(final, payload): storage.put_whole(self.fs, *a),
                          what=f"write {name} shard {shard}")
             files[name] = {"path": final, "rows": table.num_rows, "bytes": len(payload),
-                           "sha256": table_digest(table)}
+                           "sha256": table_digest(table), **_id_range(table)}
         record = ShardCommit(self.run_id, method, shard, files, dict(extra or {}))
         marker = self.marker_path(method, shard)
 
@@ -199,73 +206,24 @@ class ShardStore:
 
     # -- one writer per run --------------------------------------------------------------------
     def lease(self, *, ttl: float = 120.0, owner: str | None = None) -> RunLease:
-        return RunLease(self, ttl=ttl, owner=owner)
+        """The run's lease (not yet acquired); ``owner`` names an existing holder to check."""
+        return RunLease(self.fs, self._p("_runs", f"run={self.run_id}", "lease.json"),
+                        run_id=self.run_id, where=self.root, ttl=ttl, owner=owner)
 
 
-class RunLease:
-    """A lease on a run: a second live writer of the same run refuses to start.
-
-    The lease names its owner and an expiry that :meth:`renew` pushes forward; a lease left by a
-    crashed writer expires after ``ttl`` seconds, so a rerun of that run can resume.
-    Object stores offer no compare-and-swap here, so after writing, the owner reads the lease back
-    and gives up if another writer won the race.
-    """
-
-    def __init__(self, store: ShardStore, *, ttl: float, owner: str | None) -> None:
-        self.store = store
-        self.ttl = ttl
-        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.path = store._p("_runs", f"run={store.run_id}", "lease.json")
-
-    def _read(self) -> dict[str, Any] | None:
-        fs = self.store.fs
-        fs.invalidate_cache()
-        if not with_retries(lambda: fs.exists(self.path), what="check lease"):
-            return None
-        try:
-            return json.loads(with_retries(lambda: fs.cat_file(self.path), what="read lease"))
-        except FileNotFoundError:
-            return None
-
-    def _write(self) -> None:
-        doc = {"owner": self.owner, "expires": time.time() + self.ttl}
-        fs = self.store.fs
-        fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-        with_retries(lambda: fs.pipe_file(self.path, json.dumps(doc).encode()), what="write lease")
-
-    def acquire(self) -> RunLease:
-        current = self._read()
-        if current and current.get("owner") != self.owner and current.get("expires", 0) > time.time():
-            raise RunInUseError(
-                f"run {self.store.run_id!r} under {storage.redact(self.store.root)} is being written "
-                f"by {current.get('owner')} (lease valid for {current['expires'] - time.time():.0f}s"
-                "); use another run id or wait for it to finish"
-            )
-        self._write()
-        time.sleep(0.05)
-        current = self._read()
-        if not current or current.get("owner") != self.owner:
-            raise RunInUseError(f"run {self.store.run_id!r} was taken by another writer")
-        return self
-
-    def renew(self) -> None:
-        current = self._read()
-        if current and current.get("owner") != self.owner:
-            raise RunInUseError(f"lost the lease on run {self.store.run_id!r}")
-        self._write()
-
-    def release(self) -> None:
-        current = self._read()
-        if current and current.get("owner") == self.owner:
-            with_retries(lambda: self.store.fs.rm_file(self.path), what="release lease")
-
-    def __enter__(self) -> RunLease:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def _id_range(table: pa.Table) -> dict[str, list[str]]:
+    """The smallest and largest image id of ``table``, so readers of a few images skip files."""
+    if "image_id" not in table.column_names:
+        return {}
+    bounds = pc.min_max(table["image_id"])
+    if not bounds["min"].is_valid:
+        return {"image_ids": []}  # no rows (or no ids): no image is in this file
+    return {"image_ids": [bounds["min"].as_py(), bounds["max"].as_py()]}
 
 
-def pending(shards: Iterable[str], done: set[str]) -> list[str]:
-    """Shards still to do, in their given order."""
-    return [s for s in shards if s not in done]
+def _may_hold(info: Mapping[str, Any], ids: list[str]) -> bool:
+    """Whether a shard file whose marker entry is ``info`` may hold rows of any of ``ids``."""
+    bounds = info.get("image_ids")
+    if bounds is None:
+        return True  # a marker written before markers recorded the range
+    return bool(bounds) and any(bounds[0] <= i <= bounds[1] for i in ids)

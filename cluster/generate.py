@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from camflow import generate as gen
 from camflow import storage
 from camflow.data.rejects import REJECTS_SCHEMA
+from camflow.lease import LeaseKeeper, RunLease
 from camflow.models.checkpoint import load_checkpoint
 from camflow.precision import autocast_dtype
 from camflow.shards import ShardStore
@@ -167,9 +167,13 @@ class CamWorker:
         return out
 
 
-def _finish_stage(row: dict[str, Any], job: GenerationJob,
-                  store: ShardStore | None = None) -> dict[str, Any]:
+def _finish_stage(row: dict[str, Any], job: GenerationJob, store: ShardStore | None = None,
+                  lease: RunLease | None = None) -> dict[str, Any]:
     store = store or ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+    if lease is not None:
+        # The driver holds the run's lease; once another writer has taken it, this shard is
+        # theirs to write. (A shard past this check still lands: the lease is no fence.)
+        lease.check()
     images = _unpack_images(row["images"], row["meta"])
     summary = {}
     for method in job.methods:
@@ -196,12 +200,13 @@ class Decoder:
 class Finisher:
     """Post-processing and commits as a long-lived actor that keeps its storage connections."""
 
-    def __init__(self, job: GenerationJob) -> None:
+    def __init__(self, job: GenerationJob, lease_owner: str | None = None) -> None:
         self.job = job
         self.store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+        self.lease = None if lease_owner is None else self.store.lease(owner=lease_owner)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return _finish_stage(row, self.job, self.store)
+        return _finish_stage(row, self.job, self.store, self.lease)
 
 
 def _calibrate_task(records: str, model_factory: Callable[[], nn.Module],
@@ -242,14 +247,6 @@ def calibrate_bg_thresholds(
 
 # -- driver ---------------------------------------------------------------------------------------
 
-def _renew_forever(lease, stop: threading.Event, every: float) -> None:
-    while not stop.wait(every):
-        try:
-            lease.renew()
-        except Exception as exc:  # noqa: BLE001 - logged; the next renewal may succeed
-            log.warning("could not renew the run lease: %s", exc)
-
-
 def run_generation(
     job: GenerationJob,
     manifest: pa.Table,
@@ -275,39 +272,40 @@ def run_generation(
         job = dataclasses.replace(job, storage_options=storage.options_for(job.output))
     store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
     shards = plan_shards(manifest, job.shard_size)
-    with store.lease(ttl=lease_ttl) as lease:
-        stop = threading.Event()
-        renewer = threading.Thread(target=_renew_forever, args=(lease, stop, lease_ttl / 3),
-                                   daemon=True)
-        renewer.start()
-        try:
-            done = store.committed(DECODE)
-            todo = [(s, recs) for s, recs in shards if s not in done]
-            log.info("run %s: %d shards, %d already committed", job.run_id, len(shards),
-                     len(shards) - len(todo))
-            if todo:
-                bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
-                           desc=f"seeds {job.run_id}", disable=not progress)
+    with store.lease(ttl=lease_ttl) as lease, LeaseKeeper(lease) as keeper:
+        done = store.committed(DECODE)
+        todo = [(s, recs) for s, recs in shards if s not in done]
+        log.info("run %s: %d shards, %d already committed", job.run_id, len(shards),
+                 len(shards) - len(todo))
+        if todo:
+            bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
+                       desc=f"seeds {job.run_id}", disable=not progress)
 
-                def committed(row: dict[str, Any]) -> None:
-                    bar.update(1)
-                    if on_shard is not None:
-                        on_shard(row)
+            def committed(row: dict[str, Any]) -> None:
+                keeper.raise_if_lost()  # leaving the loop stops the stream
+                bar.update(1)
+                if on_shard is not None:
+                    on_shard(row)
 
-                try:
-                    _stream(job, todo, model_factory, workers=workers, use_gpu=use_gpu,
-                            gpu_fraction=gpu_fraction, cpus_per_worker=cpus_per_worker,
-                            on_shard=committed)
-                finally:
-                    bar.close()
-        finally:
-            stop.set()
-            renewer.join()
+            try:
+                _stream(job, todo, model_factory, workers=workers, use_gpu=use_gpu,
+                        gpu_fraction=gpu_fraction, cpus_per_worker=cpus_per_worker,
+                        on_shard=committed, lease_owner=lease.owner)
+            except Exception:
+                # A writer refusing a shard for the lost lease fails the stream with Ray's
+                # wrapping of it; say what happened (the original stays chained).
+                keeper.raise_if_lost(read=True)
+                raise
+            finally:
+                bar.close()
+        # Renewals come every ttl/3: a loss during the last shards shows only here.
+        keeper.raise_if_lost(read=True)
     return collect(store, job, shards_total=len(shards), shards_skipped=len(shards) - len(todo))
 
 
 def _stream(job: GenerationJob, todo, model_factory, *, workers: int, use_gpu: bool | None,
-            gpu_fraction: float, cpus_per_worker: float | None, on_shard) -> None:
+            gpu_fraction: float, cpus_per_worker: float | None, on_shard,
+            lease_owner: str | None = None) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -336,7 +334,8 @@ def _stream(job: GenerationJob, todo, model_factory, *, workers: int, use_gpu: b
         # max_task_retries=-1); tests/cluster pin that a killed worker loses nothing.
         num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
     )
-    ds = ds.map(Finisher, fn_constructor_kwargs={"job": job}, **io_pool(workers))
+    ds = ds.map(Finisher, fn_constructor_kwargs={"job": job, "lease_owner": lease_owner},
+                **io_pool(workers))
     for row in ds.iter_rows():
         log.info("committed %s", row["shard"])
         if on_shard is not None:
@@ -352,10 +351,13 @@ def _json_default(value: Any) -> Any:
 def collect(store: ShardStore, job: GenerationJob, *, shards_total: int,
             shards_skipped: int) -> GenerationResult:
     """Merge the metric states recorded in every committed shard marker of the run."""
-    result = GenerationResult(job.run_id, shards_total, shards_skipped,
-                              rejects=store.read("rejects", DECODE).num_rows)
+    by_method: dict[str, list[Any]] = {}
+    for commit in store.commits():  # one listing and one batched read for every method
+        by_method.setdefault(commit.method, []).append(commit)
+    rejects = sum(c.files["rejects"]["rows"] for c in by_method.get(DECODE, []))
+    result = GenerationResult(job.run_id, shards_total, shards_skipped, rejects=rejects)
     for method in job.methods:
-        parts = [gen.metrics_from_json(c.extra["metrics"]) for c in store.commits(method.key)]
+        parts = [gen.metrics_from_json(c.extra["metrics"]) for c in by_method.get(method.key, [])]
         summary = gen.summarize(gen.merge_metrics(parts))
         options = job.options_for(method)
         if summary and options.mask.background == "constant":  # (1 - max)^alpha has none

@@ -61,3 +61,56 @@ def test_metrics_rows_summaries_and_markdown():
     assert "| 1 | cam | 1 | 0.900 | 0.500 |" in text
     curves = report.metric_curves(results)
     assert curves["seed_mIoU"]["cam"][0.05] == pytest.approx((0.35, 0.05))
+
+
+def _overlay_store(tmp_path):
+    """A run of two shards of two images each, a manifest pointing at real images."""
+    import pyarrow as pa
+    import torch
+
+    from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, png_cell, seed_rows
+    from camflow.postprocess.png import encode_label_png
+    from camflow.shards import ShardStore
+
+    store = ShardStore(str(tmp_path / "out"), "r1")
+    records = []
+    for shard, ids in enumerate((["a0", "a1"], ["b0", "b1"])):
+        seeds, masks, boxes = [], [], []
+        for k, image_id in enumerate(ids):
+            uri = str(tmp_path / f"{image_id}.png")
+            Image.new("RGB", (16, 12), (40 * k, 80, 120)).save(uri)
+            records.append({"image_id": image_id, "uri": uri, "boxes": None})
+            cams = torch.zeros(1, 12, 16)
+            cams[0, 2 + k:6, 3:9] = 1.0
+            seeds += seed_rows(image_id, [k + 1], cams, stride=2, scales=[1.0])
+            label = np.zeros((12, 16), np.uint8)
+            label[2:6, 3:9] = k + 1
+            masks.append({"image_id": image_id, "height": 12, "width": 16,
+                          "mask_png": png_cell(encode_label_png(label), image_id),
+                          "bg_threshold": 0.3, "crf": False})
+            boxes.append({"image_id": image_id, "class_id": k + 1, "score": 0.9,
+                          "x0": 3.0, "y0": 2.0, "x1": 9.0, "y1": 6.0})
+        store.commit("cam", f"shard-{shard:05d}", {
+            "seeds": pa.Table.from_pylist(seeds), "masks": pa.Table.from_pylist(masks, MASKS_SCHEMA),
+            "boxes": pa.Table.from_pylist(boxes, BOXES_SCHEMA)})
+    return store, pa.Table.from_pylist(records)
+
+
+def test_overlay_grid_reads_only_the_shards_and_rows_it_draws(tmp_path, monkeypatch):
+    from camflow.shards import ShardStore
+
+    store, manifest = _overlay_store(tmp_path)
+    read_paths = []
+    real_cat = store.fs.cat
+    monkeypatch.setattr(store.fs, "cat", lambda paths, **kw: (read_paths.extend(paths),
+                                                               real_cat(paths, **kw))[1])
+    png = report.overlay_grid({"cam": store}, manifest, ["b1", "b0"])
+    data_files = sorted(p for p in read_paths if p.endswith(".parquet"))
+    assert data_files == [store.data_path(t, "cam", "shard-00001") for t in ("boxes", "masks", "seeds")]
+    assert store.read("seeds", "cam", image_ids=["b1"])["image_id"].to_pylist() == ["b1"]
+
+    # The same picture as drawing from whole tables.
+    real_read = ShardStore.read
+    monkeypatch.setattr(ShardStore, "read", lambda self, table, method=None, **kw:
+                        real_read(self, table, method))
+    assert report.overlay_grid({"cam": store}, manifest, ["b1", "b0"]) == png

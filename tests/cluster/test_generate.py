@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import threading
@@ -185,6 +186,34 @@ def test_a_second_writer_of_the_same_run_refuses(ray_session, dataset, tmp_path)
     other = run_generation(_job(str(tmp_path), "r2"), dataset["manifest"].slice(0, 4),
                            CheckpointModel(dataset["ckpt"]))
     assert other.shards_total == 1
+
+
+def test_a_writer_that_loses_its_lease_stops_committing(ray_session, dataset, tmp_path):
+    """Another writer takes the run's lease mid-run: the shards not yet begun are left to it.
+
+    The shard writers look at the lease before each shard, so this needs no renewal to come
+    round (a renewal racing the theft could even overwrite it: the lease is no fence); the
+    renewer's part is pinned in tests/test_shards.py.
+    """
+    store = ShardStore(str(tmp_path), "r1")
+    theirs = {"owner": "another writer", "expires": time.time() + 600}
+    at_theft: set[str] = set()
+
+    def steal(row):
+        if not at_theft:
+            tmp = Path(tmp_path / "stolen.json")
+            tmp.write_text(json.dumps(theirs))
+            os.replace(tmp, store.lease().path)
+            at_theft.update(store.committed("decode"))
+
+    with pytest.raises(RunInUseError, match="another writer"):
+        run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]),
+                       on_shard=steal)
+    after = store.committed("decode")
+    # One writer commits one shard at a time: only the shard it had begun may land after the theft.
+    assert at_theft and len(after - at_theft) <= 1
+    assert len(after) < 6 or len(at_theft) >= 5
+    assert json.loads(Path(store.lease().path).read_text()) == theirs  # neither renewed nor released
 
 
 def test_object_store_run(ray_session, dataset, object_store):
