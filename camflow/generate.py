@@ -27,7 +27,7 @@ from camflow.data.masks import load_mask
 from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
 from camflow.models.classifier import image_prep_of
 from camflow.options import GenerateOptions
-from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, seed_rows
+from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, png_cell, seed_rows
 from camflow.postprocess import class_boxes, crf_from_labels, encode_label_png, pseudo_mask
 
 METRICS = {"seed": SeedSweep, "mask": SegConfusion, "box": BoxAccuracy, "pixel": PixelAP}
@@ -163,7 +163,7 @@ def shard_outputs(
         if mask_opts.crf:
             mask = _crf_refine(im, mask)
         masks.append({"image_id": im.image_id, "height": h, "width": w,
-                      "mask_png": encode_label_png(mask, name=im.image_id),
+                      "mask_png": png_cell(encode_label_png(mask, name=im.image_id), im.image_id),
                       "bg_threshold": threshold, "crf": mask_opts.crf})
         found = class_boxes(full, hot, tau=box.tau, method=box.method, percentile=box.percentile,
                             components=box.components, image_id=im.image_id)

@@ -2,7 +2,8 @@
 
 - ``seeds``: one row per accepted image and class: the class map, max-normalised to [0, 1],
   stored as uint8 at a stated ``stride`` (``cam_height`` x ``cam_width`` bytes, row-major).
-- ``masks``: one row per image: the pseudo mask as palette PNG bytes and the thresholds used.
+- ``masks``: one row per image: the pseudo mask as a palette PNG (``mask_png``: its bytes and a
+  file name, an Image feature for Hugging Face ``datasets``) and the thresholds used.
 - ``boxes``: one row per box: class, score and pixel corners (x1, y1 exclusive).
 
 The ``run`` and ``method`` columns are Hive partitions of the paths, not stored in the files.
@@ -10,6 +11,7 @@ The ``run`` and ``method`` columns are Hive partitions of the paths, not stored 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -30,14 +32,23 @@ SEEDS_SCHEMA = pa.schema([
     ("scales", pa.list_(pa.float32())),
 ])
 
-MASKS_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("mask_png", pa.binary()),
-    ("bg_threshold", pa.float32()),
-    ("crf", pa.bool_()),
-])
+# Hugging Face ``datasets`` reads a struct of PNG bytes and a file name as an image when the
+# schema's "huggingface" metadata says the column is an Image feature; pyarrow, pandas and duckdb
+# see a plain struct column.
+_PNG = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_MASK_FEATURES = {
+    "image_id": {"dtype": "string", "_type": "Value"},
+    "height": {"dtype": "int32", "_type": "Value"},
+    "width": {"dtype": "int32", "_type": "Value"},
+    "mask_png": {"_type": "Image"},
+    "bg_threshold": {"dtype": "float32", "_type": "Value"},
+    "crf": {"dtype": "bool", "_type": "Value"},
+}
+MASKS_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+     ("mask_png", _PNG), ("bg_threshold", pa.float32()), ("crf", pa.bool_())],
+    metadata={"huggingface": json.dumps({"info": {"features": _MASK_FEATURES}})},
+)
 
 BOXES_SCHEMA = pa.schema([
     ("image_id", pa.string()),
@@ -90,5 +101,6 @@ def seed_rows(
             for i, c in enumerate(class_ids)]
 
 
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
+def png_cell(png: bytes, image_id: str) -> dict[str, object]:
+    """A ``mask_png`` value: the PNG's bytes and the file name it would have on disk."""
+    return {"bytes": png, "path": f"{image_id}.png"}

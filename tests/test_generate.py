@@ -74,7 +74,7 @@ def test_crf_refined_masks_keep_to_the_image_classes(images, model):
     masks = tables["masks"].to_pylist()
     assert all(row["crf"] for row in masks)
     for im, row in zip(few, masks):
-        labels = decode_label_png(row["mask_png"])
+        labels = decode_label_png(row["mask_png"]["bytes"])
         assert labels.shape == im.pixels.shape[:2]
         assert set(np.unique(labels)) <= {0, *(k + 1 for k in im.labels)}
 

@@ -38,3 +38,36 @@ def test_bad_seed_input_is_named():
         seed_rows("img9", [1, 2], torch.rand(3, 4, 4), stride=1, scales=(1.0,))
     with pytest.raises(ValueError, match="stride"):
         quantize_seed(torch.rand(1, 4, 4), 0)
+
+
+def test_masks_table_is_an_image_dataset_for_hugging_face_and_plain_for_the_rest(tmp_path):
+    import duckdb
+    import numpy as np
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    from camflow.outputs import MASKS_SCHEMA, png_cell
+    from camflow.postprocess import decode_label_png, encode_label_png
+
+    labels = np.zeros((6, 9), np.uint8)
+    labels[1:4, 2:7] = 3
+    labels[5, :] = 255
+    rows = [{"image_id": f"im{i}", "height": 6, "width": 9,
+             "mask_png": png_cell(encode_label_png(labels), f"im{i}"), "bg_threshold": 0.25,
+             "crf": False} for i in range(2)]
+    path = tmp_path / "masks.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=MASKS_SCHEMA), path)
+
+    ds = load_dataset("parquet", data_files=str(path), split="train",
+                      cache_dir=str(tmp_path / "hf"))
+    assert type(ds.features["mask_png"]).__name__ == "Image"
+    image = ds[0]["mask_png"]  # a PIL image, palette mode as written
+    assert image.size == (9, 6) and image.mode == "P"
+    np.testing.assert_array_equal(np.asarray(image), labels)
+
+    table = pq.read_table(path)
+    assert decode_label_png(table["mask_png"][1].as_py()["bytes"]).tolist() == labels.tolist()
+    frame = table.to_pandas()
+    assert frame["mask_png"][0]["path"] == "im0.png"
+    found = duckdb.sql(f"SELECT image_id, mask_png.path AS p FROM '{path}' ORDER BY 1").fetchall()
+    assert found == [("im0", "im0.png"), ("im1", "im1.png")]
