@@ -135,7 +135,9 @@ def with_retries(
 
 def _single_attempt(options: dict[str, Any]) -> dict[str, Any]:
     config = dict(options.get("config_kwargs") or {})
-    config["retries"] = {"max_attempts": 1, "mode": "standard"}
+    # botocore's max_attempts counts retries (1 = two requests) and is rewritten in place into
+    # total_max_attempts when a client is made; the total is what means one request.
+    config["retries"] = {"total_max_attempts": 1, "mode": "standard"}
     return {**options, "config_kwargs": config}
 
 

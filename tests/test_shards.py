@@ -164,7 +164,10 @@ def test_the_shard_store_alone_retries_on_s3(s3_bucket):
     """Its filesystem makes one attempt per request; other callers keep the clients' retries."""
     store = ShardStore(f"s3://{s3_bucket}/out", "r1")
     assert store.fs.retries == 1
-    assert store.fs.config_kwargs["retries"] == {"max_attempts": 1, "mode": "standard"}
+    assert store.fs.config_kwargs["retries"]["total_max_attempts"] == 1
+    store.fs.ls(s3_bucket)  # a client made: botocore must not turn it into more attempts
+    assert store.fs.config_kwargs["retries"]["total_max_attempts"] == 1
+    assert store.fs.s3.meta.config.retries["total_max_attempts"] == 1
     assert store.fs.config_kwargs["s3"] == {"addressing_style": "path"}  # the env's options kept
     plain, _ = storage.resolve(f"s3://{s3_bucket}/out")
     assert plain is not store.fs and plain.retries == 5 and "retries" not in plain.config_kwargs
