@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 from camflow.data.source import SourceParams
@@ -30,6 +38,13 @@ def _one_of(value: Any, allowed: Iterable[Any], what: str) -> Any:
     if value is not None and value not in allowed:
         raise ValueError(f"unknown {what} {value!r}; known: {', '.join(map(str, allowed))}")
     return value
+
+
+# The library's registries that a config field's value must belong to, and how to name it.
+_REGISTRIES: dict[str, tuple[Iterable[Any], str]] = {
+    "head": (HEADS, "head"), "output_stride": (OUTPUT_STRIDES, "output stride"),
+    "optimizer": (OPTIMIZERS, "optimizer"), "schedule": (SCHEDULES, "schedule"),
+}
 
 
 class Section(BaseModel):
@@ -69,15 +84,10 @@ class ModelConfig(Section):
         "Default: embedded for the embedded benchmark, false otherwise")
     checkpoint: str | None = Field(None, description="start from this checkpoint instead of training")
 
-    @field_validator("head")
+    @field_validator("head", "output_stride")
     @classmethod
-    def _known_head(cls, value: str) -> str:
-        return _one_of(value, HEADS, "head")
-
-    @field_validator("output_stride")
-    @classmethod
-    def _known_stride(cls, value: int | None) -> int | None:
-        return _one_of(value, OUTPUT_STRIDES, "output stride")
+    def _registered(cls, value: Any, info: ValidationInfo) -> Any:
+        return _one_of(value, *_REGISTRIES[info.field_name])
 
     @field_validator("pretrained")
     @classmethod
@@ -115,15 +125,10 @@ class TrainConfigSection(Section):
     schedule: str | None = Field(None, description=f"one of {', '.join(SCHEDULES)}")
     seed: int = 0
 
-    @field_validator("optimizer")
+    @field_validator("optimizer", "schedule")
     @classmethod
-    def _known_optimizer(cls, value: str | None) -> str | None:
-        return _one_of(value, OPTIMIZERS, "optimizer")
-
-    @field_validator("schedule")
-    @classmethod
-    def _known_schedule(cls, value: str | None) -> str | None:
-        return _one_of(value, SCHEDULES, "schedule")
+    def _registered(cls, value: Any, info: ValidationInfo) -> Any:
+        return _one_of(value, *_REGISTRIES[info.field_name])
 
     @field_validator("proportions")
     @classmethod
