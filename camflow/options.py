@@ -9,11 +9,10 @@ construction with a message naming the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from camflow.cams import METHODS, SCALES
-from camflow.postprocess.boxes import BOX_PERCENTILE, BOX_TAU
-from camflow.postprocess.masks import BG_ALPHA, BG_THRESHOLD
+from camflow.postprocess.boxes import BOX_PERCENTILE, BOX_TAU, Components, Method
+from camflow.postprocess.masks import BG_ALPHA, BG_THRESHOLD, Background
 
 __all__ = ["BoxOptions", "CamOptions", "GenerateOptions", "MaskOptions"]
 
@@ -62,7 +61,7 @@ class MaskOptions:
     masks (``BG_THRESHOLD`` where none has a mask). ``"power"`` uses (1 - max)^``bg_alpha``.
     """
 
-    background: Literal["constant", "power"] = "constant"
+    background: Background = "constant"
     bg_threshold: float | None = None
     bg_alpha: float = BG_ALPHA
     calibration_images: int = 64
@@ -91,10 +90,10 @@ class BoxOptions:
     """Normalised CAM -> boxes: threshold ``tau`` of the map's max (``max``) or of its
     ``percentile`` (``pas``); the largest component per class, or ``all`` of them."""
 
-    method: Literal["max", "pas"] = "max"
+    method: Method = "max"
     tau: float = BOX_TAU
     percentile: float = BOX_PERCENTILE
-    components: Literal["largest", "all"] = "largest"
+    components: Components = "largest"
 
     def __post_init__(self) -> None:
         _require(0 < self.tau <= 1, "tau", "must lie in (0, 1]", self.tau)
