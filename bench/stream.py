@@ -58,7 +58,7 @@ from cluster.generate import (  # noqa: E402
     CheckpointModel,
     GenerationJob,
     _decode_stage,
-    _unpack_images,
+    _images_of,
     plan_shards,
     run_generation,
 )
@@ -75,7 +75,7 @@ class ForwardOnly:
 
     def __call__(self, batch):
         for i in range(len(batch["shard"])):
-            images = _unpack_images(batch["images"][i], batch["meta"][i])
+            images = _images_of({key: values[i] for key, values in batch.items()})
             class_maps(self.model, images, self.methods, self.options)
         return {"shard": list(batch["shard"])}
 
@@ -83,7 +83,7 @@ class ForwardOnly:
 def shared_against_per_method(model, decoded_rows, methods, options, repeat: int
                               ) -> tuple[float, float]:
     """Seconds per image of every method's maps: (one shared pass per batch, a pass per method)."""
-    images = [im for row in decoded_rows for im in _unpack_images(row["images"], row["meta"])]
+    images = [im for row in decoded_rows for im in _images_of(row)]
     best = {"shared": float("inf"), "per method": float("inf")}
     runs = {"shared": lambda: class_maps(model, images, methods, options),
             "per method": lambda: [class_maps(model, images, [m], options) for m in methods]}
@@ -263,7 +263,7 @@ def main() -> int:
     print(f"{'workload':>8} {'shared ms/img':>14} {'per-method ms/img':>18} {'shared/per-method':>18}")
     for name in args.workload:
         manifest = every.slice(0, min(args.compute_images, len(every)))
-        decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, None)
+        decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, len(embedded.CLASSES), None)
                    for s, r in plan_shards(manifest, args.shard_size)]
         methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
         one, apart = shared_against_per_method(model, decoded, methods, options, args.repeat)
@@ -287,7 +287,7 @@ def main() -> int:
         for name in args.workload:
             manifest = every.slice(0, counts[name])
             n = len(manifest)
-            decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, None)
+            decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, len(embedded.CLASSES), None)
                        for s, r in plan_shards(manifest, args.shard_size)]
             methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
             for workers in args.workers:

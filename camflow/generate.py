@@ -24,11 +24,24 @@ from torch import nn
 from camflow import cams as cam_engine
 from camflow.data.images import BadImageError, load_rgb
 from camflow.data.masks import load_mask
+from camflow.data.validate import mask_value_problem
 from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
 from camflow.models.classifier import image_prep_of
 from camflow.options import GenerateOptions
-from camflow.outputs import BOXES_SCHEMA, MASKS_SCHEMA, SEEDS_SCHEMA, png_cell, seed_rows
-from camflow.postprocess import class_boxes, crf_from_labels, encode_label_png, pseudo_mask
+from camflow.outputs import (
+    BOXES_SCHEMA,
+    MASKS_SCHEMA,
+    SEEDS_SCHEMA,
+    png_cell,
+    quantize_seed,
+    seed_rows,
+)
+from camflow.postprocess import (
+    crf_from_labels,
+    encode_label_png,
+    extract_boxes,
+    pseudo_mask_of_classes,
+)
 
 METRICS = {"seed": SeedSweep, "mask": SegConfusion, "box": BoxAccuracy, "pixel": PixelAP}
 
@@ -74,9 +87,13 @@ class DecodedImage:
 # -- 1. decode --------------------------------------------------------------------------------
 
 def decode_records(
-    records: Sequence[Mapping[str, Any]], *, storage_options: Mapping[str, Any] | None = None
+    records: Sequence[Mapping[str, Any]], *, num_classes: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[DecodedImage], list[dict[str, str]]]:
-    """Decode each manifest record; a bad one becomes a ``rejects`` row and the rest go on."""
+    """Decode each manifest record; a bad one becomes a ``rejects`` row and the rest go on.
+
+    With ``num_classes``, a true mask holding a value outside its classes is such a reject.
+    """
     images, rejects = [], []
     for rec in records:
         image_id, uri = str(rec["image_id"]), str(rec["uri"])
@@ -89,6 +106,9 @@ def decode_records(
                     raise BadImageError(
                         f"mask {gt.shape[1]}x{gt.shape[0]} differs from image "
                         f"{pixels.shape[1]}x{pixels.shape[0]}")
+                problem = None if num_classes is None else mask_value_problem(gt, num_classes)
+                if problem:
+                    raise BadImageError(problem)
             labels = sorted({int(c) for c in rec["labels"] or []})
             if not labels:
                 raise BadImageError("empty label set")
@@ -100,40 +120,51 @@ def decode_records(
 
 # -- 2. maps ------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ImageMaps:
+    """One method's maps of one image's own classes, in the forms post-processing and storage
+    want them, made on the CAM worker's device and moved to the host once."""
+
+    maps: np.ndarray  # float16 [K, H, W] in [0, 1] at the image's size, max-normalised
+    seeds: np.ndarray  # uint8 [K, h, w]: the maps quantised at the seed stride (``quantize_seed``)
+
+
 @torch.inference_mode(False)
 def class_maps(
     model: nn.Module, images: Sequence[DecodedImage], methods: Sequence[CamMethod],
     opts: GenerateOptions,
-) -> dict[str, list[np.ndarray]]:
-    """Per method key and image, float16 maps [K_i, H_i, W_i] in [0, 1] of the image's own
-    classes at its own size; all methods share each batch's passes (``multiscale_many``)."""
+) -> dict[str, list[ImageMaps]]:
+    """Per method key and image, the maps and seeds of the image's own classes (in label order)
+    at its own size; all methods share each batch's passes (``multiscale_many``)."""
     device = next(model.parameters()).device
     prep = image_prep_of(model, opts.image_size)
     requests = {m.key: m.request(model) for m in methods}
     if len(requests) != len(methods):
         raise ValueError(f"methods: keys must be distinct, got {[m.key for m in methods]}")
-    out: dict[str, list[np.ndarray]] = {key: [] for key in requests}
+    out: dict[str, list[ImageMaps]] = {key: [] for key in requests}
     for start in range(0, len(images), opts.cam.batch_size):
         batch = images[start:start + opts.cam.batch_size]
         x = torch.stack([prep(im.pixels) for im in batch]).to(device)
         k = max(len(im.labels) for im in batch)
         # Images with fewer classes repeat their first class; the extra maps are dropped below.
         classes = torch.tensor([im.labels + im.labels[:1] * (k - len(im.labels)) for im in batch])
-        maps = cam_engine.multiscale_many(model, x, requests, classes, scales=opts.cam.scales,
-                                          flip=opts.cam.flip)
-        for key, method_maps in maps.items():
-            for im, m in zip(batch, method_maps):
-                out[key].append(_at_image_size(m[: len(im.labels)], im))
+        # Normalised once, after the resize to each image's size.
+        sums = cam_engine.multiscale_many(model, x, requests, classes, scales=opts.cam.scales,
+                                          flip=opts.cam.flip, normalize=False)
+        for key, method_sums in sums.items():
+            for im, m in zip(batch, method_sums):
+                out[key].append(_at_image_size(m[: len(im.labels)], im.pixels.shape[:2],
+                                               opts.cam.seed_stride))
     return out
 
 
-def _at_image_size(maps: torch.Tensor, im: DecodedImage) -> np.ndarray:
-    m = maps.float()[None]
-    h, w = im.pixels.shape[:2]
-    if m.shape[-2:] != (h, w):
-        m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
-    m = cam_engine.normalize_max(m[0])
-    return m.clamp_(0, 1).to(torch.float16).cpu().numpy()
+def _at_image_size(sums: torch.Tensor, size: tuple[int, int], stride: int) -> ImageMaps:
+    m = sums.float()[None]
+    if m.shape[-2:] != tuple(size):
+        m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
+    m = cam_engine.normalize_max(m[0]).clamp_(0, 1)
+    seeds, _, _ = quantize_seed(m, stride)
+    return ImageMaps(m.to(torch.float16).cpu().numpy(), seeds)
 
 
 # -- 3. outputs and metrics ---------------------------------------------------------------------
@@ -144,35 +175,36 @@ def new_metrics(num_classes: int) -> dict[str, Any]:
 
 
 def shard_outputs(
-    images: Sequence[DecodedImage], maps: Sequence[np.ndarray], opts: GenerateOptions,
+    images: Sequence[DecodedImage], maps: Sequence[ImageMaps], opts: GenerateOptions,
     *, scales: Sequence[float] | None = None,
 ) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """The ``seeds``, ``masks`` and ``boxes`` tables of a shard, and its metric accumulators."""
-    c, mask_opts, box = opts.num_classes, opts.mask, opts.box
+    mask_opts, box = opts.mask, opts.box
     threshold = mask_opts.threshold
-    metrics = new_metrics(c)
+    metrics = new_metrics(opts.num_classes)
     seeds, masks, boxes = [], [], []
-    for im, m in zip(images, maps):
-        own = torch.from_numpy(m.astype(np.float32))
-        h, w = own.shape[-2:]
-        full, hot = _all_classes(im, own.numpy(), c)
-        seeds.extend(seed_rows(im.image_id, im.labels, own, stride=opts.cam.seed_stride,
-                               scales=scales or opts.cam.scales))
-        mask = pseudo_mask(full, hot, background=mask_opts.background, threshold=threshold,
-                           alpha=mask_opts.bg_alpha, image_id=im.image_id)
+    for im, made in zip(images, maps):
+        own = made.maps.astype(np.float32)
+        size = own.shape[-2:]
+        seeds.extend(seed_rows(im.image_id, im.labels, made.seeds, size=size,
+                               stride=opts.cam.seed_stride, scales=scales or opts.cam.scales))
+        mask = pseudo_mask_of_classes(own, im.labels, background=mask_opts.background,
+                                      threshold=threshold, alpha=mask_opts.bg_alpha,
+                                      image_id=im.image_id)
         if mask_opts.crf:
             mask = _crf_refine(im, mask)
-        masks.append({"image_id": im.image_id, "height": h, "width": w,
+        masks.append({"image_id": im.image_id, "height": size[0], "width": size[1],
                       "mask_png": png_cell(encode_label_png(mask, name=im.image_id), im.image_id),
                       "bg_threshold": threshold, "crf": mask_opts.crf})
-        found = class_boxes(full, hot, tau=box.tau, method=box.method, percentile=box.percentile,
-                            components=box.components, image_id=im.image_id)
-        for i in range(len(found["class_id"])):
-            boxes.append({"image_id": im.image_id, "class_id": int(found["class_id"][i]),
-                          "score": float(found["score"][i]),
-                          "x0": float(found["x0"][i]), "y0": float(found["y0"][i]),
-                          "x1": float(found["x1"][i] + 1), "y1": float(found["y1"][i] + 1)})
-        _update_metrics(metrics, im, full, hot, mask)
+        for k, cam in zip(im.labels, own):
+            found = extract_boxes(cam, tau=box.tau, method=box.method, percentile=box.percentile,
+                                  components=box.components, image_id=im.image_id)
+            # Inclusive corners from postprocess; the boxes table uses pixel edges.
+            boxes.extend({"image_id": im.image_id, "class_id": k, "score": float(score),
+                          "x0": float(x0), "y0": float(y0), "x1": float(x1 + 1),
+                          "y1": float(y1 + 1)}
+                         for (x0, y0, x1, y1), score in zip(found.boxes, found.scores))
+        _update_metrics(metrics, im, own, mask)
     tables = {
         "seeds": pa.Table.from_pylist(seeds, schema=SEEDS_SCHEMA),
         "masks": pa.Table.from_pylist(masks, schema=MASKS_SCHEMA),
@@ -191,15 +223,6 @@ def _crf_refine(im: DecodedImage, mask: np.ndarray) -> np.ndarray:
     return values[refined].astype(mask.dtype)
 
 
-def _all_classes(im: DecodedImage, own: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Maps of the image's own classes placed among all classes (zeros elsewhere), and its labels."""
-    full = np.zeros((num_classes, *own.shape[-2:]), np.float32)
-    full[im.labels] = own
-    hot = np.zeros(num_classes, np.float32)
-    hot[im.labels] = 1
-    return full, hot
-
-
 def best_bg_thresholds(model: nn.Module, images: Sequence[DecodedImage],
                        methods: Sequence[CamMethod], opts: GenerateOptions) -> dict[str, float]:
     """Per method key, the constant background score at which its seeds reach their best mIoU
@@ -214,32 +237,33 @@ def best_bg_thresholds(model: nn.Module, images: Sequence[DecodedImage],
     best = {}
     for key, maps in class_maps(model, scored, methods, opts).items():
         sweep = SeedSweep(opts.num_classes)
-        for im, own in zip(scored, maps):
-            full, hot = _all_classes(im, own.astype(np.float32), opts.num_classes)
-            sweep.update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
+        sweep.update_classes([m.maps.astype(np.float32) for m in maps],
+                             [im.labels for im in scored], [im.gt_mask for im in scored],
+                             image_ids=[im.image_id for im in scored], on_error="skip")
         result = sweep.compute()
         if np.isfinite(result["best_mIoU"]):
             best[key] = float(result["best_threshold"])
     return best
 
 
-def _update_metrics(metrics: dict[str, Any], im: DecodedImage, full: np.ndarray,
-                    hot: np.ndarray, mask: np.ndarray) -> None:
+def _update_metrics(metrics: dict[str, Any], im: DecodedImage, own: np.ndarray,
+                    mask: np.ndarray) -> None:
     # An image whose ground truth cannot be scored (e.g. a labelled class hidden entirely under
     # the ignore band) is left out of that metric; its outputs are still written.
     if im.gt_mask is not None:
-        metrics["seed"].update([full], [hot], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
+        metrics["seed"].update_classes([own], [im.labels], [im.gt_mask], image_ids=[im.image_id],
+                                       on_error="skip")
         metrics["mask"].update([mask], [im.gt_mask], image_ids=[im.image_id], on_error="skip")
         ignore = im.gt_mask == 255
-        for k in im.labels:
-            metrics["pixel"].update([full[k]], [im.gt_mask == k + 1], [ignore],
+        for k, cam in zip(im.labels, own):
+            metrics["pixel"].update([cam], [im.gt_mask == k + 1], [ignore],
                                     image_ids=[f"{im.image_id}/class {k}"], on_error="skip")
     if im.gt_boxes:
-        for k in im.labels:
+        for k, cam in zip(im.labels, own):
             gt = np.array([[b["x0"], b["y0"], b["x1"] - 1, b["y1"] - 1]
                            for b in im.gt_boxes if b["class_id"] == k], np.float64)
             if len(gt):
-                metrics["box"].update([full[k]], [gt], image_ids=[f"{im.image_id}/class {k}"],
+                metrics["box"].update([cam], [gt], image_ids=[f"{im.image_id}/class {k}"],
                                       on_error="skip")
 
 

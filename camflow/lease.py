@@ -11,7 +11,13 @@ S3-compatible server honours that header (moto does, ``rclone serve s3`` silentl
 the lease probes the store once; where the header is ignored, and on other filesystems, creating
 is a read then a plain write, and two writers racing there may both write.
 
-An expired lease (its writer died) is taken over by deleting it and creating it again the same
+A lease also records its writer's host, pid and process start time (and boot and pid namespace),
+so a rerun right after a crash need not wait out the dead writer's lease: one whose writer is
+provably gone (same host, boot and pid namespace, and that pid not running, a zombie, or a newer
+process with the recycled pid) is taken over at once, like an expired one. A writer on another
+host, or recorded without these fields, is judged by the expiry alone.
+
+An expired (or orphaned) lease is taken over by deleting it and creating it again the same
 way, so of two writers taking over at once only one creation succeeds. Stores offer no
 conditional delete, though: a slow taker that read the expired lease before the winner replaced
 it still deletes the winner's fresh one. So every acquisition ends by reading the lease back after
@@ -28,7 +34,10 @@ import contextlib
 import errno
 import json
 import logging
+import math
 import os
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -44,6 +53,9 @@ log = logging.getLogger("camflow.lease")
 
 # Long enough for a racing taker's delete and create to land on an object store; paid once a run.
 CONFIRM_PAUSE = 0.25
+# Seconds a lease outlives its last renewal (renewed every third of it). Short, so a writer that
+# died where its death cannot be proven (another host) blocks a rerun of its run only briefly.
+LEASE_TTL = 30.0
 
 
 class RunInUseError(RuntimeError):
@@ -77,6 +89,104 @@ def _link_new(fs: LocalFileSystem, path: str, data: bytes) -> bool:
         os.unlink(tmp)
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _namespace() -> str | None:
+    """This kernel boot and pid namespace: where a pid names the same process as it does here.
+
+    Containers may share a hostname yet not their pids, and pids restart after a reboot."""
+    boot = _read_text("/proc/sys/kernel/random/boot_id")
+    with contextlib.suppress(OSError):
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    return boot
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started, as a token a recycled pid does not share; ``""`` if no such
+    process runs (or it is a zombie: dead, not yet reaped), None if that cannot be told."""
+    try:
+        import psutil  # optional: gives start times where there is no /proc
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            proc = psutil.Process(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return ""
+            return f"psutil:{proc.create_time():.3f}"
+        except psutil.NoSuchProcess:
+            return ""
+        except psutil.Error:
+            return None
+    if os.path.isdir("/proc/self"):
+        stat = _read_text(f"/proc/{pid}/stat")
+        if stat is not None:
+            # The name (field 2) may hold spaces and ")": count from its last ")". After it come
+            # the state (field 3) and, 19 further on, the start time in ticks since boot (22).
+            fields = stat.rsplit(")", 1)[1].split()
+            return "" if fields[0] == "Z" else f"proc:{fields[19]}"
+    try:
+        # No psutil, and no /proc entry (none, or hidden by hidepid): the kernel still says
+        # whether the pid runs, though not which process it is.
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return ""
+    except OSError:
+        pass
+    return None
+
+
+def _ray_job() -> str | None:
+    """The Ray job this process drives, if Ray is loaded and initialised (never imports it)."""
+    ray = sys.modules.get("ray")
+    try:
+        if ray is not None and ray.is_initialized():
+            return str(ray.get_runtime_context().get_job_id())
+    except Exception:  # noqa: BLE001 - only a note in the lease; the expiry still governs
+        pass
+    return None
+
+
+def identity() -> dict[str, Any]:
+    """What a lease records about the process writing it, to prove later that it is gone."""
+    pid = os.getpid()
+    ident = {"host": socket.gethostname(), "pid": pid, "started": _started(pid),
+             "namespace": _namespace()}
+    job = _ray_job()
+    return {**ident, "ray_job": job} if job else ident
+
+
+def owner_gone(doc: dict[str, Any]) -> bool:
+    """Whether the process that wrote lease ``doc`` is provably no longer running.
+
+    Only a writer on this host, boot and pid namespace can be looked up; elsewhere (or in a
+    lease without these fields) this is False and the expiry decides. A recorded Ray job is not
+    looked up: that needs a Ray client, and its driver's pid says as much on its own host."""
+    pid = doc.get("pid")
+    if (doc.get("host") != socket.gethostname() or doc.get("namespace") != _namespace()
+            or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+        return False
+    # This very pid may be ours: another lease object in this process (same start time, alive),
+    # or a dead writer's pid recycled to us (another start time, gone).
+    now, then = _started(pid), doc.get("started")
+    if now == "":
+        return True
+    # Alive under that pid: gone only if provably another process (same kind of start time).
+    return (now is not None and isinstance(then, str) and then != now
+            and then.split(":", 1)[0] == now.split(":", 1)[0])
+
+
+def _holder(doc: dict[str, Any]) -> str:
+    where = f" on {doc['host']}, pid {doc.get('pid')}" if doc.get("host") else ""
+    return f"{doc.get('owner')}{where}"
+
+
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
@@ -85,7 +195,7 @@ class RunLease:
     """The lease on one run of a shard store (see the module docstring)."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, *, run_id: str, where: str,
-                 ttl: float, owner: str | None = None) -> None:
+                 ttl: float = LEASE_TTL, owner: str | None = None) -> None:
         self.fs = fs
         self.path = path
         self.run_id = run_id
@@ -113,7 +223,8 @@ class RunLease:
                 "another writer may be creating it, else delete it") from exc
 
     def _doc(self) -> bytes:
-        return json.dumps({"owner": self.owner, "expires": time.time() + self.ttl}).encode()
+        doc = {"owner": self.owner, "expires": time.time() + self.ttl, **identity()}
+        return json.dumps(doc).encode()
 
     def _atomic_create(self) -> bool:
         if self._atomic is None:
@@ -173,14 +284,17 @@ class RunLease:
                 continue
             left = float(current.get("expires", 0)) - time.time()
             if current.get("owner") != self.owner and left > 0:
-                raise RunInUseError(
-                    f"run {self.run_id!r} under {storage.redact(self.where)} is being written by "
-                    f"{current.get('owner')} (lease valid for {left:.0f}s); use another run id or "
-                    "wait for it to finish")
-            # Expired (its writer died) or this owner's own: replace it. Another taker may have
-            # removed it first; the create decides.
+                if not owner_gone(current):
+                    raise RunInUseError(
+                        f"run {self.run_id!r} under {storage.redact(self.where)} is being written "
+                        f"by {_holder(current)} (lease expires in {math.ceil(left)} s; rerun "
+                        "then, or use another run id)")
+                log.info("run %r: its previous writer %s is gone; taking over its lease",
+                         self.run_id, _holder(current))
+            # Expired or orphaned (its writer died), or this owner's own: replace it. Another
+            # taker may have removed it first; the create and the read-back decide.
             with contextlib.suppress(FileNotFoundError):
-                with_retries(lambda: self.fs.rm_file(self.path), what="remove expired lease")
+                with_retries(lambda: self.fs.rm_file(self.path), what="remove stale lease")
         raise RunInUseError(f"run {self.run_id!r}: the lease keeps changing hands; try again")
 
     def check(self) -> None:

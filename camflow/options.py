@@ -1,4 +1,4 @@
-"""The typed options of CAM generation: maps, pseudo masks, boxes, and the three together.
+"""The typed options of BroadCAM's BLS and of CAM generation: maps, pseudo masks, boxes.
 
 These frozen dataclasses are the one definition of each option and its default. The run
 configuration (``flows.config``) uses them as its sections, so a YAML key, the object a task
@@ -10,16 +10,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from camflow.bls.estimator import ALPHA, STEP
 from camflow.cams import METHODS, SCALES
 from camflow.postprocess.boxes import BOX_PERCENTILE, BOX_TAU, Components, Method
 from camflow.postprocess.masks import BG_ALPHA, BG_THRESHOLD, Background
 
-__all__ = ["BoxOptions", "CamOptions", "GenerateOptions", "MaskOptions"]
+__all__ = ["BLSOptions", "BoxOptions", "CamOptions", "GenerateOptions", "MaskOptions"]
 
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
         raise ValueError(f"{name} {rule}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BLSOptions:
+    """BroadCAM's BLS: the layers whose pooled features it is fitted on, its ridge penalty
+    ``alpha`` and the features averaged by one enhancement node (``step``); without
+    ``enhance`` it is a standardised ridge regression."""
+
+    layers: tuple[str, ...] = ("stage4", "stage5")
+    alpha: float = ALPHA
+    step: int = STEP
+    enhance: bool = True
+
+    def __post_init__(self) -> None:
+        _require(bool(self.layers), "layers", "must name at least one layer", self.layers)
+        _require(self.alpha > 0, "alpha", "must be > 0", self.alpha)
+        _require(self.step >= 1, "step", "must be >= 1", self.step)
 
 
 @dataclass(frozen=True)

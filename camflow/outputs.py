@@ -86,17 +86,20 @@ def dequantize_seed(row: dict, size: tuple[int, int] | None = None) -> torch.Ten
 
 
 def seed_rows(
-    image_id: str, class_ids: Sequence[int], cams: torch.Tensor, *, stride: int,
-    scales: Sequence[float],
+    image_id: str, class_ids: Sequence[int], seeds: np.ndarray, *, size: tuple[int, int],
+    stride: int, scales: Sequence[float],
 ) -> list[dict]:
-    """The ``seeds`` rows of one image (``SEEDS_SCHEMA`` dicts): ``cams`` is [K,H,W] in [0,1],
-    one map per class id. A shard's rows become one table with ``pa.Table.from_pylist``."""
-    if len(class_ids) != cams.shape[0]:
-        raise ValueError(f"image {image_id!r}: {len(class_ids)} class ids for {cams.shape[0]} maps")
-    q, h, w = quantize_seed(cams, stride)
-    height, width = cams.shape[-2:]
+    """The ``seeds`` rows of one image (``SEEDS_SCHEMA`` dicts): ``seeds`` is uint8 [K,h,w] from
+    ``quantize_seed`` of maps at the image's ``size`` (H, W), one per class id. A shard's rows
+    become one table with ``pa.Table.from_pylist``."""
+    if len(class_ids) != seeds.shape[0]:
+        raise ValueError(f"image {image_id!r}: {len(class_ids)} class ids for {seeds.shape[0]} maps")
+    if seeds.dtype != np.uint8:
+        raise ValueError(f"image {image_id!r}: seeds must be quantised uint8, got {seeds.dtype}")
+    height, width = size
+    h, w = seeds.shape[-2:]
     return [{"image_id": image_id, "class_id": int(c), "height": height, "width": width,
-             "stride": stride, "cam_height": h, "cam_width": w, "cam": q[i].tobytes(),
+             "stride": stride, "cam_height": h, "cam_width": w, "cam": seeds[i].tobytes(),
              "scales": list(scales)}
             for i, c in enumerate(class_ids)]
 

@@ -13,8 +13,9 @@ per proportion are summarised as mean and standard deviation.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,11 @@ from camflow.shards import ShardStore
 HEADLINE = ("seed_mIoU", "seed_best_threshold", "mask_mIoU", "mask_bg_threshold", "MaxBoxAccV2", "PxAP")
 # The metrics a sweep summarises over its seeds (and plots), with the classifier's own.
 SUMMARY = ("classifier_mAP", "seed_mIoU", "mask_mIoU", "MaxBoxAccV2", "PxAP")
+# cluster.generate.DECODE, the method partition of each shard's rejects table (importing it from
+# there would import Ray into every report).
+REJECTS_PARTITION = "decode"
+
+log = logging.getLogger("camflow.report")
 
 
 def _fmt(value: Any) -> str:
@@ -117,13 +123,49 @@ def _rows_for(table: pa.Table, image_id: str) -> list[dict[str, Any]]:
     return table.filter(pc.equal(table["image_id"], image_id)).to_pylist()
 
 
-def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
-                 image_ids: Sequence[str], *, cell: int = 112) -> bytes:
-    """PNG: per image a row with the image, then seed heat map and pseudo mask + boxes per method.
+def accepted_images(stores: Iterable[ShardStore], manifest: pa.Table, count: int) -> list[str]:
+    """The first ``count`` images of ``manifest`` that generation did not reject.
 
-    ``stores`` maps each method to the store of the run that holds it (ReCAM's classifier
-    writes a run of its own).
+    Rejects are those of the runs of ``stores``. The manifest is read in growing windows from its
+    start, so only the rejects files whose id range meets a window are read.
     """
+    unique = {(s.root, s.run_id): s for s in stores}.values()
+    decoded = [(s, s.commits(REJECTS_PARTITION)) for s in unique]
+    ids = [str(i) for i in manifest["image_id"].to_pylist()]
+    chosen: list[str] = []
+    start, size = 0, max(count, 1)
+    while len(chosen) < count and start < len(ids):
+        window = ids[start:start + size]
+        start, size = start + size, size * 2  # a run of rejects costs a few windows, not one each
+        rejected: set[str] = set()
+        for store, commits in decoded:
+            found = store.read("rejects", REJECTS_PARTITION, image_ids=window, commits=commits)
+            if found.num_rows:
+                rejected.update(found["image_id"].to_pylist())
+        chosen += [i for i in window if i not in rejected][: count - len(chosen)]
+    return chosen
+
+
+def _image_row(record: Mapping[str, Any], methods: Sequence[str],
+               tables: Mapping[str, Mapping[str, pa.Table]]) -> list[Any]:
+    image_id = record["image_id"]
+    image = np.asarray(load_rgb(record["uri"]))
+    gt_boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in record.get("boxes") or []]
+    row = [viz.overlay(image, boxes=gt_boxes)]
+    for m in methods:
+        seeds = _rows_for(tables[m]["seeds"], image_id)
+        cam = (np.max([dequantize_seed(s).numpy() for s in seeds], axis=0)
+               if seeds else np.zeros(image.shape[:2], np.float32))
+        masks = _rows_for(tables[m]["masks"], image_id)
+        mask = decode_label_png(masks[0]["mask_png"]["bytes"]) if masks else None
+        boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in _rows_for(tables[m]["boxes"], image_id)]
+        row += [viz.overlay(image, cam=cam), viz.overlay(image, mask=mask, boxes=boxes)]
+    return row
+
+
+def _draw(stores: Mapping[str, ShardStore], manifest: pa.Table, image_ids: Sequence[str],
+          cell: int) -> tuple[bytes | None, dict[str, str]]:
+    """The grid PNG (None when no image could be drawn) and {image id: why it was skipped}."""
     wanted = pa.array(list(image_ids), pa.string())
     by_id = {r["image_id"]: r for r in
              manifest.filter(pc.is_in(manifest["image_id"], value_set=wanted)).to_pylist()}
@@ -133,24 +175,59 @@ def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
         commits = stores[m].commits(m)  # one listing for the three tables
         tables[m] = {t: stores[m].read(t, m, image_ids=image_ids, commits=commits)
                      for t in ("seeds", "masks", "boxes")}
-    rows, labels = [], []
+    rows, labels, skipped = [], [], {}
     for image_id in image_ids:
-        record = by_id[image_id]
-        image = np.asarray(load_rgb(record["uri"]))
-        gt_boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in record.get("boxes") or []]
-        row = [viz.overlay(image, boxes=gt_boxes)]
-        for m in methods:
-            seeds = _rows_for(tables[m]["seeds"], image_id)
-            cam = (np.max([dequantize_seed(s).numpy() for s in seeds], axis=0)
-                   if seeds else np.zeros(image.shape[:2], np.float32))
-            masks = _rows_for(tables[m]["masks"], image_id)
-            mask = decode_label_png(masks[0]["mask_png"]["bytes"]) if masks else None
-            boxes = [(b["x0"], b["y0"], b["x1"], b["y1"]) for b in _rows_for(tables[m]["boxes"], image_id)]
-            row += [viz.overlay(image, cam=cam), viz.overlay(image, mask=mask, boxes=boxes)]
-        rows.append(row)
-        labels.append(image_id)
+        if image_id not in by_id:
+            skipped[image_id] = "not in the manifest"
+        elif not any(_rows_for(tables[m]["seeds"], image_id) for m in methods):
+            # Generation rejected it, or its shard is not committed: nothing to show, and its
+            # file may well be what generation could not decode.
+            skipped[image_id] = "no committed seed rows"
+        else:
+            try:
+                rows.append(_image_row(by_id[image_id], methods, tables))
+                labels.append(image_id)
+            except Exception as exc:  # noqa: BLE001 - a picture that fails must not cost the run
+                skipped[image_id] = f"{type(exc).__name__}: {storage.redact(exc)}"
+        if image_id in skipped:
+            log.warning("overlays: image %r not drawn: %s", image_id, skipped[image_id])
+    if not rows:
+        return None, skipped
     columns = ["image, true boxes"] + [f"{m} {what}" for m in methods for what in ("seed", "mask")]
-    return viz.png_bytes(viz.grid(rows, row_labels=labels, column_labels=columns, cell=cell))
+    return viz.png_bytes(viz.grid(rows, row_labels=labels, column_labels=columns, cell=cell)), skipped
+
+
+def overlay_grid(stores: Mapping[str, ShardStore], manifest: pa.Table,
+                 image_ids: Sequence[str], *, cell: int = 112) -> bytes | None:
+    """PNG: per image a row with the image, then seed heat map and pseudo mask + boxes per method.
+
+    ``stores`` maps each method to the store of the run that holds it (ReCAM's classifier
+    writes a run of its own). An image without committed seed rows, or that fails to draw, is
+    left out with a warning; None when no image is left.
+    """
+    return _draw(stores, manifest, image_ids, cell)[0]
+
+
+def draw_overlays(name: str, stores: Mapping[str, ShardStore], manifest: pa.Table, count: int,
+                  *, cell: int = 112) -> tuple[bytes | None, list[str]]:
+    """The overlay grid of the first ``count`` accepted images, and notes on what is missing.
+
+    Never raises: the overlays illustrate outputs that are already committed, so a failure
+    here (unreadable images, tables or storage) costs the picture, logged, never the run.
+    """
+    if not stores or count <= 0:
+        return None, []
+    try:
+        png, skipped = _draw(stores, manifest, accepted_images(stores.values(), manifest, count),
+                             cell)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        reason = f"{type(exc).__name__}: {storage.redact(exc)}"
+        log.warning("overlays of %s not drawn: %s", name, reason)
+        return None, [f"overlays of {name} not drawn: {reason}"]
+    notes = [f"overlays of {name}: image {i} not drawn: {why}" for i, why in skipped.items()]
+    if png is None:
+        notes.append(f"overlays of {name}: no image to draw")
+    return png, notes
 
 
 def write_report(run_dir: str, results: Mapping[str, Mapping[str, Any]],
@@ -187,7 +264,8 @@ def write_report(run_dir: str, results: Mapping[str, Mapping[str, Any]],
         lines += [f"## Overlays: {name}", "",
                   "Per row: the image with its true boxes, then per method the seed heat map and "
                   "the pseudo mask with predicted boxes.", "", f"![overlays](overlays_{name}.png)", ""]
-    lines += [f"- {n}" for n in notes]
+    if notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     report_uri = storage.join(run_dir, "report.md")
     storage.write_bytes("\n".join(lines).encode(), report_uri)
     written["report"] = report_uri

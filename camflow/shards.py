@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from camflow import storage
-from camflow.lease import RunInUseError, RunLease
+from camflow.lease import LEASE_TTL, RunInUseError, RunLease
 from camflow.storage import with_retries
 
 __all__ = ["RunInUseError", "RunLease", "ShardCommit", "ShardStore", "table_digest", "with_retries"]
@@ -148,6 +148,28 @@ class ShardStore:
         """Names of the committed shards of ``method`` (one listing, no reads)."""
         return {p.rsplit("/", 1)[1][: -len(".json")] for p in self._markers(method)}
 
+    def methods(self) -> list[str]:
+        """Names of the methods with commit markers in this run, sorted (one listing, no reads).
+
+        Lists only the ``method=`` folders, not the markers in them: one request on an object
+        store, however many shards. On an object store a folder exists only while a marker is in
+        it; on local disk a crash inside a method's very first commit can leave its folder
+        without one, and then :meth:`commits` of that method is empty.
+        """
+        base = self._p("_commits", f"run={self.run_id}")
+
+        def listing() -> list[dict[str, Any]]:
+            try:
+                return self.fs.ls(base, detail=True)
+            except FileNotFoundError:  # nothing committed yet
+                return []
+
+        self.fs.invalidate_cache()  # an object store's listing cache would hide new methods
+        entries = with_retries(listing, what="list methods")
+        names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries
+                 if e.get("type") == "directory")
+        return sorted(n[len("method="):] for n in names if n.startswith("method="))
+
     def read(
         self, table: str, method: str | None = None, *, image_ids: Iterable[str] | None = None,
         commits: Iterable[ShardCommit] | None = None,
@@ -205,7 +227,7 @@ class ShardStore:
         return record
 
     # -- one writer per run --------------------------------------------------------------------
-    def lease(self, *, ttl: float = 120.0, owner: str | None = None) -> RunLease:
+    def lease(self, *, ttl: float = LEASE_TTL, owner: str | None = None) -> RunLease:
         """The run's lease (not yet acquired); ``owner`` names an existing holder to check."""
         return RunLease(self.fs, self._p("_runs", f"run={self.run_id}", "lease.json"),
                         run_id=self.run_id, where=self.root, ttl=ttl, owner=owner)

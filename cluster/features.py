@@ -27,6 +27,7 @@ from torch import nn
 
 from camflow import storage
 from camflow.bls import BLS
+from camflow.bls.estimator import ALPHA, STEP
 from camflow.data.dataset import ManifestDataset
 from camflow.data.rejects import Rejects
 from camflow.features import accumulate, default_layers, feature_tables
@@ -168,8 +169,8 @@ def fit_bls_distributed(
     layers: Sequence[str] | None = None,
     *,
     num_workers: int = 2,
-    alpha: float = 50.0,
-    step: int = 256,
+    alpha: float = ALPHA,
+    step: int = STEP,
     enhance: bool = True,
     device: str | None = None,
     num_cpus_per_worker: float | None = None,

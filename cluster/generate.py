@@ -6,7 +6,7 @@
 One Ray Data row is one shard, so a retried row redoes exactly one shard onto the same paths.
 Ray Data restarts a killed CAM worker and retries its shard; the commit markers of
 ``camflow.shards`` make the retry, and any rerun, write nothing twice. Values travel between
-stages as safetensors bytes and JSON, never pickled.
+stages as plain numpy columns and JSON, never pickled.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 import torch
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
 from torch import nn
 from tqdm import tqdm
 
 from camflow import generate as gen
 from camflow import storage
 from camflow.data.rejects import REJECTS_SCHEMA
-from camflow.lease import LeaseKeeper, RunLease
+from camflow.lease import LEASE_TTL, LeaseKeeper, RunLease
 from camflow.models.checkpoint import load_checkpoint
 from camflow.precision import autocast_dtype
 from camflow.shards import ShardStore
@@ -91,42 +89,74 @@ def plan_shards(manifest: pa.Table, shard_size: int) -> list[tuple[str, list[dic
             for i in range(0, len(rows), shard_size)]
 
 
-# -- packing decoded images and maps between stages -------------------------------------------
+# -- what travels between stages: plain numpy columns of one shard -----------------------------
+#
+# A shard's arrays of one kind (pixels, true masks, each method's maps and seeds) travel as one
+# flat array and a [n, ndim] array of their shapes: Ray carries both as Arrow tensor columns,
+# with no pickling and no copy into another container format.
 
-def _pack_images(images: Sequence[gen.DecodedImage], *, pixels: bool = True) -> tuple[bytes, str]:
-    arrays, meta = {}, []
-    for i, im in enumerate(images):
-        if pixels:
-            arrays[f"{i}.pixels"] = np.ascontiguousarray(im.pixels)
-        if im.gt_mask is not None:
-            arrays[f"{i}.mask"] = np.ascontiguousarray(im.gt_mask)
-        meta.append({"image_id": im.image_id, "labels": im.labels, "boxes": im.gt_boxes})
-    return (st_save(arrays) if arrays else b""), json.dumps(meta)
-
-
-def _unpack_images(data: bytes, meta: str) -> list[gen.DecodedImage]:
-    arrays = st_load(data) if data else {}
-    return [gen.DecodedImage(m["image_id"], arrays.get(f"{i}.pixels"), m["labels"],
-                             arrays.get(f"{i}.mask"), m["boxes"])
-            for i, m in enumerate(json.loads(meta))]
+def _flat(arrays: Sequence[np.ndarray | None], ndim: int,
+          dtype: np.dtype | type) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays of one rank as one flat array and their shapes (a row of -1 for a missing one)."""
+    shapes = np.array([a.shape if a is not None else (-1,) * ndim for a in arrays],
+                      np.int64).reshape(len(arrays), ndim)
+    parts = [a.ravel() for a in arrays if a is not None]
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype)).astype(dtype, copy=False), shapes
 
 
-def _pack_maps(maps: dict[str, list[np.ndarray]]) -> bytes:
-    arrays = {f"{key}.{i}": m for key, ms in maps.items() for i, m in enumerate(ms)}
-    return st_save(arrays) if arrays else b""
+def _unflat(flat: np.ndarray, shapes: np.ndarray) -> list[np.ndarray | None]:
+    out, at = [], 0
+    for shape in np.asarray(shapes, np.int64).reshape(len(shapes), -1):
+        if shape[0] < 0:
+            out.append(None)
+            continue
+        n = int(np.prod(shape))
+        out.append(flat[at:at + n].reshape(shape))
+        at += n
+    return out
 
 
-def _unpack_maps(data: bytes, key: str, n: int) -> list[np.ndarray]:
-    arrays = st_load(data) if data else {}
-    return [arrays[f"{key}.{i}"] for i in range(n)]
+def _image_columns(images: Sequence[gen.DecodedImage], *, pixels: bool) -> dict[str, Any]:
+    cols: dict[str, Any] = {}
+    if pixels:
+        cols["pixels"], cols["pixel_shapes"] = _flat([im.pixels for im in images], 3, np.uint8)
+    cols["gt"], cols["gt_shapes"] = _flat([im.gt_mask for im in images], 2, np.uint8)
+    cols["meta"] = json.dumps([{"image_id": im.image_id, "labels": im.labels,
+                                "boxes": im.gt_boxes} for im in images])
+    return cols
+
+
+def _images_of(row: dict[str, Any]) -> list[gen.DecodedImage]:
+    meta = json.loads(row["meta"])
+    pixels = (_unflat(row["pixels"], row["pixel_shapes"]) if "pixels" in row
+              else [None] * len(meta))
+    gts = _unflat(row["gt"], row["gt_shapes"])
+    return [gen.DecodedImage(m["image_id"], p, m["labels"], g, m["boxes"])
+            for m, p, g in zip(meta, pixels, gts)]
+
+
+def _map_columns(maps: dict[str, list[gen.ImageMaps]]) -> dict[str, Any]:
+    cols: dict[str, Any] = {}
+    for key, made in maps.items():
+        # Every method has the same shapes: one image's classes at its size.
+        cols[f"maps/{key}"], cols["map_shapes"] = _flat([m.maps for m in made], 3, np.float16)
+        cols[f"seeds/{key}"], cols["seed_shapes"] = _flat([m.seeds for m in made], 3, np.uint8)
+    return cols
+
+
+def _maps_of(row: dict[str, Any], key: str) -> list[gen.ImageMaps]:
+    return [gen.ImageMaps(m, s) for m, s in zip(_unflat(row[f"maps/{key}"], row["map_shapes"]),
+                                               _unflat(row[f"seeds/{key}"], row["seed_shapes"]))]
 
 
 # -- the three stages -------------------------------------------------------------------------
 
-def _decode_stage(row: dict[str, Any], storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    images, rejects = gen.decode_records(json.loads(row["records"]), storage_options=storage_options)
-    packed, meta = _pack_images(images)
-    return {"shard": row["shard"], "images": packed, "meta": meta, "rejects": json.dumps(rejects)}
+def _decode_stage(row: dict[str, Any], num_classes: int,
+                  storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    images, rejects = gen.decode_records(json.loads(row["records"]), num_classes=num_classes,
+                                         storage_options=storage_options)
+    return {"shard": row["shard"], "rejects": json.dumps(rejects),
+            **_image_columns(images, pixels=True)}
 
 
 class CamWorker:
@@ -152,18 +182,18 @@ class CamWorker:
             return gen.best_bg_thresholds(self.model, images, self.methods, self.options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"shard": [], "images": [], "meta": [], "rejects": [], "maps": []}
+        out: dict[str, list[Any]] = {}
         for i in range(len(batch["shard"])):
-            images = _unpack_images(batch["images"][i], batch["meta"][i])
+            row = {key: values[i] for key, values in batch.items()}
+            images = _images_of(row)
             with self._autocast():
                 maps = gen.class_maps(self.model, images, self.methods, self.options)
-            for key in ("shard", "meta", "rejects"):
-                out[key].append(batch[key][i])
             # Post-processing needs the pixels only for the CRF: the rest of the time only the
-            # masks and labels travel on with the maps.
-            out["images"].append(batch["images"][i] if self.options.mask.crf
-                                 else _pack_images(images, pixels=False)[0])
-            out["maps"].append(_pack_maps(maps))
+            # true masks and labels travel on with the maps.
+            keep = ("shard", "rejects", "meta", "gt", "gt_shapes")
+            keep += ("pixels", "pixel_shapes") if self.options.mask.crf else ()
+            for key, value in {**{k: row[k] for k in keep}, **_map_columns(maps)}.items():
+                out.setdefault(key, []).append(value)
         return out
 
 
@@ -174,10 +204,10 @@ def _finish_stage(row: dict[str, Any], job: GenerationJob, store: ShardStore | N
         # The driver holds the run's lease; once another writer has taken it, this shard is
         # theirs to write. (A shard past this check still lands: the lease is no fence.)
         lease.check()
-    images = _unpack_images(row["images"], row["meta"])
+    images = _images_of(row)
     summary = {}
     for method in job.methods:
-        maps = _unpack_maps(row["maps"], method.key, len(images))
+        maps = _maps_of(row, method.key)
         tables, metrics = gen.shard_outputs(images, maps, job.options_for(method))
         store.commit(method.key, row["shard"], tables,
                      extra={"metrics": gen.metrics_to_json(metrics), "images": len(images)})
@@ -190,11 +220,11 @@ def _finish_stage(row: dict[str, Any], job: GenerationJob, store: ShardStore | N
 class Decoder:
     """The decode stage as a long-lived actor: no process start and imports per shard."""
 
-    def __init__(self, storage_options: dict[str, Any] | None) -> None:
-        self.storage_options = storage_options
+    def __init__(self, num_classes: int, storage_options: dict[str, Any] | None) -> None:
+        self.num_classes, self.storage_options = num_classes, storage_options
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return _decode_stage(row, self.storage_options)
+        return _decode_stage(row, self.num_classes, self.storage_options)
 
 
 class Finisher:
@@ -213,7 +243,8 @@ def _calibrate_task(records: str, model_factory: Callable[[], nn.Module],
                     methods: Sequence[gen.CamMethod], options: gen.GenerateOptions,
                     num_threads: int, use_gpu: bool, storage_options: dict[str, Any] | None) -> str:
     worker = CamWorker(model_factory, methods, options, num_threads, use_gpu)
-    images, _ = gen.decode_records(json.loads(records), storage_options=storage_options)
+    images, _ = gen.decode_records(json.loads(records), num_classes=options.num_classes,
+                                   storage_options=storage_options)
     return json.dumps(worker.best_bg_thresholds(images))
 
 
@@ -256,7 +287,7 @@ def run_generation(
     use_gpu: bool | None = None,
     gpu_fraction: float = 1.0,
     cpus_per_worker: float | None = None,
-    lease_ttl: float = 120.0,
+    lease_ttl: float = LEASE_TTL,
     on_shard: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
 ) -> GenerationResult:
@@ -321,7 +352,8 @@ def _stream(job: GenerationJob, todo, model_factory, *, workers: int, use_gpu: b
 
     items = [{"shard": s, "records": json.dumps(recs, default=_json_default)} for s, recs in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map(Decoder, fn_constructor_kwargs={"storage_options": job.storage_options},
+    ds = ds.map(Decoder, fn_constructor_kwargs={"num_classes": job.options.num_classes,
+                                                "storage_options": job.storage_options},
                 **io_pool(1))
     ds = ds.map_batches(
         CamWorker, batch_size=1, batch_format="numpy",

@@ -105,16 +105,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         results = json.load(f)
     _print_metrics(results)
     manifest = read_manifest(storage.join(run, "manifests", f"{args.split}.parquet"))
-    image_ids = manifest["image_id"].to_pylist()[: args.images]
     for key, entry in results.items():
         label = entry.get("run") or f"p{float(key):g}"
         stores = {}
         for run_id in (label, f"{label}-recam"):
             store = ShardStore(storage.join(run, "outputs"), run_id)
-            stores.update({m: store for m in sorted({c.method for c in store.commits()} - {"decode"})})
+            # Folder names only: reading every marker to learn them costs a request per shard.
+            stores.update({m: store for m in store.methods() if m != report.REJECTS_PARTITION})
         if not stores:
             continue
-        png = report.overlay_grid(stores, manifest, image_ids)
+        # Images that fail to draw are left out with a logged warning, each; a grid that fails
+        # altogether is named here, and the other runs still get theirs.
+        png, notes = report.draw_overlays(label, stores, manifest, args.images)
+        if png is None:
+            print(f"camflow: warning: {notes[-1] if notes else f'no overlays of {label}'}",
+                  file=sys.stderr)
+            continue
         out = storage.join(run, f"show_{label}.png")
         storage.write_bytes(png, out)
         print(f"overlays ({', '.join(stores)}): {out}")

@@ -23,9 +23,10 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 
 from camflow.data.source import SourceParams
+from camflow.data.sources import DataOptions
 from camflow.models import HEADS, OUTPUT_STRIDES
 from camflow.models.pretrained import EMBEDDED
-from camflow.options import BoxOptions, CamOptions, MaskOptions
+from camflow.options import BLSOptions, BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
 from camflow.train import TrainConfig
 from camflow.train.config import OPTIMIZERS, SCHEDULES
@@ -51,25 +52,9 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Section):
-    kind: Literal["embedded", "voc", "bcss", "wsol", "manifest"] = "embedded"
-    root: str | None = Field(None, description="dataset root; default for embedded: "
-                              "<output>/data/embedded, built once and shared by the runs there")
-    manifest: str | None = Field(None, description="a manifest Parquet file, for kind=manifest")
-    train_split: str = "train"
-    val_split: str = "val"
-    image_size: int = Field(112, ge=16, le=2048)
-    seed: int = 0
-    embedded_train: int = Field(2000, ge=10)
-    embedded_val: int = Field(500, ge=10)
-
-    @model_validator(mode="after")
-    def _needs_root(self) -> DataConfig:
-        if self.kind in ("voc", "bcss", "wsol") and not self.root:
-            raise ValueError(f"data.root is required for data.kind={self.kind!r}")
-        if self.kind == "manifest" and not self.manifest:
-            raise ValueError("data.manifest is required for data.kind='manifest'")
-        return self
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class DataConfig(DataOptions):
+    """The dataset (camflow.data.sources.DataOptions)."""
 
 
 class ModelConfig(Section):
@@ -141,11 +126,9 @@ class TrainConfigSection(Section):
         return value
 
 
-class BLSConfig(Section):
-    alpha: float = Field(50.0, gt=0)
-    step: int = Field(256, ge=1)
-    enhance: bool = True
-    layers: list[str] = Field(default_factory=lambda: ["stage4", "stage5"])
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+class BLSConfig(BLSOptions):
+    """BroadCAM's BLS (camflow.options.BLSOptions)."""
 
 
 @dataclass(frozen=True, config=ConfigDict(extra="forbid"))

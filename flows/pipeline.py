@@ -57,7 +57,7 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     run_id = cfg.run_id or new_run_id(cfg.name)
     run_dir = storage.join(cfg.output, run_id)
     log.info("run %s -> %s", run_id, storage.redact(run_dir))
-    data, cluster = cfg.data.model_dump(), cfg.cluster
+    cluster = cfg.cluster
     methods = list(cfg.cams.methods)
     # ReCAM's maps come from its own classifier (trained on), so they are a generation of their own.
     main_cams = dataclasses.replace(cfg.cams, methods=tuple(m for m in methods if m != "recam"))
@@ -65,7 +65,7 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
     generation = {"split": cfg.cams.split, "shard_size": cfg.cams.shard_size}
 
     started = time.monotonic()
-    prepared = prepare_data(data, run_dir, cfg.output)
+    prepared = prepare_data(cfg.data, run_dir, cfg.output)
     prepare_seconds = time.monotonic() - started
     pretrained = resolve_pretrained(cfg, run_dir)
     configs = {run: cfg.train_config(*run, pretrained) for run in runs}
@@ -83,7 +83,7 @@ def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str)
         (proportion, seed), label, trained = run, labels[run], classifiers[run]
         fitted = None
         if "broadcam" in methods:
-            fitted = fit_broadcam(cfg.bls.model_dump(), prepared, trained["checkpoint"], proportion,
+            fitted = fit_broadcam(cfg.bls, prepared, trained["checkpoint"], proportion,
                                   seed, cfg.data.image_size, run_dir, cluster, label=label)
         jobs = []
         if main_cams.methods:

@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Any
 
+import pyarrow.compute as pc
 from prefect import get_run_logger, task
 
 from camflow import storage
@@ -45,8 +46,9 @@ def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
                cluster: ClusterOptions) -> dict[str, float]:
     """Per method, the best background score on the first training images that have masks."""
     train = read_manifest(prepared["train_manifest"])
-    with_masks = [r for r in train.to_pylist()
-                  if r.get("mask_uri")][: job.options.mask.calibration_images]
+    # Only the rows used become Python records: a manifest may hold millions.
+    masked = train.filter(pc.not_equal(train["mask_uri"], ""))  # null rows are dropped too
+    with_masks = masked.slice(0, job.options.mask.calibration_images).to_pylist()
     if not with_masks:
         return {}
     return calibrate_bg_thresholds(job, with_masks, CheckpointModel(checkpoint),

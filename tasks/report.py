@@ -26,21 +26,34 @@ def write_report(results: dict[str, dict[str, Any]], generated: dict[str, list[d
                  overlay_images: int = 6, title: str = "camflow run") -> dict[str, str]:
     """report.md, metrics.json, plots and overlays; the same tables and pictures as artifacts.
 
-    Overlays are drawn for the runs of the first training seed of each proportion.
+    Overlays are drawn for the runs of the first training seed of each proportion, of accepted
+    images only. The outputs are committed by now, so overlays that cannot be drawn leave a
+    warning and a note in the report, never a failed (and retried) task.
     """
     log = get_run_logger()
-    manifest = read_manifest(prepared[f"{split}_manifest"])
-    image_ids = manifest["image_id"].to_pylist()[:overlay_images]
+    overlays: dict[str, bytes] = {}
+    notes: list[str] = []
+    try:
+        manifest = read_manifest(prepared[f"{split}_manifest"])
+    except Exception as exc:  # noqa: BLE001 - the overlays are not worth the run
+        manifest = None
+        notes.append(f"no overlays: the {split} manifest is unreadable: {type(exc).__name__}: "
+                     f"{storage.redact(exc)}")
+        log.warning("%s", notes[-1])
     first_seed = min((entry["seed"] for entry in results.values()), default=0)
-    overlays = {}
     for label, jobs in generated.items():
-        if results[label]["seed"] != first_seed:
+        if manifest is None or results[label]["seed"] != first_seed:
             continue
-        stores = {m: ShardStore(job["outputs"], job["run_id"]) for job in jobs
-                  for m in job["metrics"]}
-        overlays[label] = report.overlay_grid({m: stores[m] for m in methods if m in stores},
-                                              manifest, image_ids)
-    written = report.write_report(run_dir, results, overlays, title=title)
+        stores: dict[str, ShardStore] = {}
+        for job in jobs:
+            store = ShardStore(job["outputs"], job["run_id"])  # one per run, shared by its methods
+            stores.update(dict.fromkeys(job["metrics"], store))
+        png, missing = report.draw_overlays(label, {m: stores[m] for m in methods if m in stores},
+                                            manifest, overlay_images)
+        notes += missing
+        if png is not None:
+            overlays[label] = png
+    written = report.write_report(run_dir, results, overlays, title=title, notes=notes)
 
     rows = report.metrics_rows(results)
     create_table_artifact(key=_artifact_key(run_dir, "metrics"), table=rows,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -24,8 +25,10 @@ def test_stride_averages_blocks_and_rounds_up_the_size():
 
 def test_seed_rows_one_row_per_class_and_round_trip():
     cams = torch.rand(3, 16, 12, generator=torch.Generator().manual_seed(1))
-    table = pa.Table.from_pylist(seed_rows("img1", [4, 0, 7], cams, stride=1, scales=(1.0, 0.5)),
-                                 schema=SEEDS_SCHEMA)
+    seeds = quantize_seed(cams, 1)[0]
+    table = pa.Table.from_pylist(
+        seed_rows("img1", [4, 0, 7], seeds, size=(16, 12), stride=1, scales=(1.0, 0.5)),
+        schema=SEEDS_SCHEMA)
     assert table.schema == SEEDS_SCHEMA and table.num_rows == 3
     assert table["class_id"].to_pylist() == [4, 0, 7]
     row = table.slice(1, 1).to_pylist()[0]
@@ -35,7 +38,11 @@ def test_seed_rows_one_row_per_class_and_round_trip():
 
 def test_bad_seed_input_is_named():
     with pytest.raises(ValueError, match="img9"):
-        seed_rows("img9", [1, 2], torch.rand(3, 4, 4), stride=1, scales=(1.0,))
+        seed_rows("img9", [1, 2], np.zeros((3, 4, 4), np.uint8), size=(4, 4), stride=1,
+                  scales=(1.0,))
+    with pytest.raises(ValueError, match="uint8"):
+        seed_rows("img9", [1], np.zeros((1, 4, 4), np.float32), size=(4, 4), stride=1,
+                  scales=(1.0,))
     with pytest.raises(ValueError, match="stride"):
         quantize_seed(torch.rand(1, 4, 4), 0)
 

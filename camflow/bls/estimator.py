@@ -14,6 +14,10 @@ from camflow.bls.io import BLSFile, read_bls_file, write_bls_file
 from camflow.bls.solve import Solution, solve
 from camflow.bls.stats import Moments, as_features, as_labels, check_finite_rows
 
+# BroadCAM's defaults, of every layer: the ridge penalty and features per enhancement node.
+ALPHA = 50.0
+STEP = 256
+
 __all__ = ["BLS"]
 
 
@@ -47,7 +51,7 @@ class BLS:
     enhance: add enhancement nodes; without them the model is a standardised ridge regression.
     """
 
-    def __init__(self, alpha: float = 50.0, step: int = 256, enhance: bool = True) -> None:
+    def __init__(self, alpha: float = ALPHA, step: int = STEP, enhance: bool = True) -> None:
         if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
@@ -132,8 +136,8 @@ class BLS:
         cls,
         state: dict[str, np.ndarray],
         *,
-        alpha: float = 50.0,
-        step: int = 256,
+        alpha: float = ALPHA,
+        step: int = STEP,
         enhance: bool = True,
         feature_layout: Sequence[tuple[str, int]] | None = None,
     ) -> BLS:

@@ -55,8 +55,12 @@ def multiscale_many(
     scales: Sequence[float] = SCALES,
     flip: bool = True,
     size: tuple[int, int] | None = None,
+    normalize: bool = True,
 ) -> dict[str, Tensor]:
-    """``multiscale`` of several methods, one shared pass per scale (``compute_many``)."""
+    """``multiscale`` of several methods, one shared pass per scale (``compute_many``).
+
+    ``normalize=False`` leaves the sums undivided, for a caller that resizes them again and
+    normalises once at the end."""
     images = check_images(images)
     batch, _, height, width = images.shape
     out_size = check_size(size) or (height, width)
@@ -84,4 +88,6 @@ def multiscale_many(
             if flip:
                 maps = maps[:batch] + maps[batch:].flip(-1)
             totals[key] = maps if key not in totals else totals[key] + maps
+    if not normalize:
+        return totals
     return {key: normalize_max(total) for key, total in totals.items()}

@@ -104,7 +104,9 @@ def _unit_tensor(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected a uint8 [H, W, 3] array, got {image.dtype} {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        # torch shares the array's memory: a read-only one (as Ray hands them over) is copied.
+        array = np.require(image, requirements=["C", "W"])
+        return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3:
         return image.float()
     raise ValueError(f"expected a PIL image, uint8 [H, W, 3] array or [3, H, W] tensor, "

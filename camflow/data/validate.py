@@ -109,10 +109,17 @@ def check_record(
                 f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
                 f"{image.width}x{image.height}"
             )
-        values = np.unique(mask)
-        bad = [int(v) for v in values if v != IGNORE and v > num_classes]
-        if bad:
-            return f"mask value(s) {bad} out of range for {num_classes} classes"
+        return mask_value_problem(mask, num_classes)
+    return None
+
+
+def mask_value_problem(mask: np.ndarray, num_classes: int) -> str | None:
+    """Why a label mask is unusable for ``num_classes`` classes (a value other than background
+    0, class k + 1 for k < num_classes, or ignore 255), else None."""
+    bad = [int(v) for v in np.unique(mask) if v != IGNORE and v > num_classes]
+    if bad:
+        return (f"mask value(s) {bad} out of range for {num_classes} classes "
+                f"(0 background, 1..{num_classes}, {IGNORE} ignore)")
     return None
 
 

@@ -233,30 +233,72 @@ class SeedSweep(Accumulator):
             if problem:
                 problems[i] = problem
         rejects = raise_or_collect(problems, ids, on_error, "SeedSweep.update")
+        own = [np.flatnonzero(lab) for lab in lab_list]
+        self._add([(c[o], o, g) for i, (c, o, g) in enumerate(zip(cam_list, own, gt_list))
+                   if i not in problems])
+        return rejects
 
+    def update_classes(
+        self,
+        scores: Sequence[Any],
+        classes: Sequence[Sequence[int]],
+        gt: Any,
+        *,
+        image_ids: Sequence[Any] | None = None,
+        on_error: str = "raise",
+    ) -> list[Rejected]:
+        """``update`` from the maps [K_i, H, W] of each image's own classes only: ``classes[i]``
+        are the K_i distinct class ids of image i's maps (no padding out to every class)."""
+        score_list = split_batch(scores, "scores", 3)
+        gt_list = split_batch(gt, "gt", 2)
+        if not len(score_list) == len(classes) == len(gt_list):
+            raise ValueError(f"batch sizes differ: scores {len(score_list)}, classes "
+                             f"{len(classes)}, gt {len(gt_list)}")
+        ids = batch_ids(image_ids, len(score_list))
+        own = [np.asarray(c, dtype=np.int64).reshape(-1) for c in classes]
+        problems = {}
+        for i, (c, o, g) in enumerate(zip(score_list, own, gt_list)):
+            problem = self._classes_problem(c, o, g)
+            if problem:
+                problems[i] = problem
+        rejects = raise_or_collect(problems, ids, on_error, "SeedSweep.update_classes")
+        self._add([(c, o, g) for i, (c, o, g) in enumerate(zip(score_list, own, gt_list))
+                   if i not in problems])
+        return rejects
+
+    def _classes_problem(self, scores: np.ndarray, own: np.ndarray, g: np.ndarray) -> str | None:
+        if scores.shape[0] != own.size:
+            return f"{scores.shape[0]} maps for {own.size} class ids"
+        if own.size and (own.min() < 0 or own.max() >= self.num_classes
+                         or np.unique(own).size != own.size):
+            return f"class ids must be distinct in [0, {self.num_classes}), got {own.tolist()}"
+        if scores.shape[1:] != g.shape:
+            return f"cam shape {scores.shape[1:]} != ground truth shape {g.shape}"
+        problem = map_range_problem(scores) if own.size else None
+        return problem or _gt_problem(g, self.num_classes + 1, self.ignore_index)
+
+    def _add(self, images: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Count (own-class maps [K, H, W], their class ids [K], ground truth) triples."""
         n_thr = self.thresholds.size
         n_lab = self.num_classes + 1
         codes = []
-        for i, (c, lab, g) in enumerate(zip(cam_list, lab_list, gt_list)):
-            if i in problems:
-                continue
+        for scores, own, g in images:
             gt_flat = g.ravel().astype(np.int64)
             keep = gt_flat != self.ignore_index
-            own = np.flatnonzero(lab)
             if own.size:
-                index, top = top_channel(c[own].reshape(own.size, -1))
+                index, top = top_channel(scores.reshape(own.size, -1))
                 best = own[index] + 1
                 # Number of thresholds strictly below the score: foreground at threshold
                 # index j exactly when j < below (a tie goes to background).
                 # Compared in the CAM's own precision, as an explicit argmax would be.
-                thr = self.thresholds.astype(c.dtype)
+                thr = self.thresholds.astype(scores.dtype)
                 below = np.searchsorted(thr, top, side="left")
             else:
                 best = below = np.zeros(gt_flat.size, np.int64)
             code = (gt_flat * n_lab + best) * (n_thr + 1) + below
             codes.append(code if keep.all() else code[keep])
         if not codes:
-            return rejects
+            return
         hist = np.bincount(np.concatenate(codes), minlength=n_lab * n_lab * (n_thr + 1))
         hist = hist.reshape(n_lab, n_lab, n_thr + 1)
         # at_or_above[g, a, j] = pixels whose score exceeds threshold j - 1 (j = 0: all).
@@ -265,7 +307,6 @@ class SeedSweep(Accumulator):
         conf = fg.copy()
         conf[:, :, 0] += hist.sum(axis=(1, 2))[None, :] - fg.sum(axis=2)
         self.confusion += conf
-        return rejects
 
     def compute(self) -> dict[str, Any]:
         """``mIoU`` per threshold, ``best_threshold``, ``best_mIoU`` and ``IoU`` at the best."""

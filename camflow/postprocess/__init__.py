@@ -19,6 +19,7 @@ from camflow.postprocess.masks import (
     class_ids,
     confident_mask,
     pseudo_mask,
+    pseudo_mask_of_classes,
     top_channel,
 )
 from camflow.postprocess.png import VOC_PALETTE, decode_label_png, encode_label_png
@@ -44,6 +45,7 @@ __all__ = [
     "encode_label_png",
     "extract_boxes",
     "pseudo_mask",
+    "pseudo_mask_of_classes",
     "sweep_best_iou",
     "sweep_boxes",
     "top_channel",

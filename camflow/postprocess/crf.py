@@ -72,7 +72,8 @@ def _infer(image: np.ndarray, unary: np.ndarray, params: CRFParams) -> np.ndarra
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy / params.scale_factor,
         srgb=params.bilateral_srgb,
-        rgbim=image,
+        # The extension writes through a typed buffer: it needs a C-ordered, writable array.
+        rgbim=np.require(image, np.uint8, ["C", "W"]),
         compat=params.bilateral_compat,
     )
     q = crf.inference(params.iterations)

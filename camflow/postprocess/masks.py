@@ -13,7 +13,7 @@ import numpy as np
 from camflow.postprocess.crf import CRFParams, crf_from_labels, crf_from_probs
 from camflow.postprocess.validate import BadInputError, as_numpy, map_range_problem
 
-__all__ = ["BG_ALPHA", "BG_THRESHOLD", "IGNORE", "background_score", "class_ids", "confident_mask", "pseudo_mask", "top_channel"]
+__all__ = ["BG_ALPHA", "BG_THRESHOLD", "IGNORE", "background_score", "class_ids", "confident_mask", "pseudo_mask", "pseudo_mask_of_classes", "top_channel"]
 
 IGNORE = 255
 Background = Literal["constant", "power"]
@@ -87,7 +87,12 @@ def _own_scores(cams, labels, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     if maps.shape[0] > IGNORE - 1:
         raise ValueError(f"at most {IGNORE - 1} classes fit a uint8 mask, got {maps.shape[0]}")
     own = class_ids(labels, num_classes=maps.shape[0], image_id=image_id)
-    scores = maps[own]
+    return _checked_own(maps[own], own, image_id)
+
+
+def _checked_own(scores: np.ndarray, own: np.ndarray, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    if own.size and own.max() > IGNORE - 2:
+        raise ValueError(f"at most {IGNORE - 1} classes fit a uint8 mask, got class {own.max()}")
     # Only the image's own maps are read, so only they must be valid.
     problem = map_range_problem(scores) if own.size else None
     if problem:
@@ -114,6 +119,39 @@ def pseudo_mask(
     Inputs may be numpy arrays or torch tensors.
     """
     scores, keys = _own_scores(cams, labels, image_id)
+    return _label_scores(scores, keys, background=background, threshold=threshold, alpha=alpha,
+                         image=image, crf=crf, image_id=image_id)
+
+
+def pseudo_mask_of_classes(
+    scores,
+    classes,
+    *,
+    background: Background = "constant",
+    threshold: float = BG_THRESHOLD,
+    alpha: float = BG_ALPHA,
+    image=None,
+    crf: CRFParams | None = None,
+    image_id: str = "0",
+) -> np.ndarray:
+    """``pseudo_mask`` from the maps [K, H, W] of the image's own classes only: ``classes`` [K]
+    are their (distinct) class ids, so nothing is padded out to every class first."""
+    maps = as_numpy(scores, f"image {image_id!r}: scores")
+    own = np.asarray(classes, dtype=np.int64).reshape(-1)
+    if maps.ndim != 3 or maps.shape[0] != own.size:
+        raise BadInputError(f"image {image_id!r}: scores must be [K, H, W] for {own.size} classes, "
+                            f"got shape {tuple(maps.shape)}", [image_id])
+    if own.size and (own.min() < 0 or len(set(own.tolist())) != own.size):
+        raise BadInputError(f"image {image_id!r}: class ids must be distinct and >= 0, "
+                            f"got {own.tolist()}", [image_id])
+    scores, keys = _checked_own(maps, own, image_id)
+    return _label_scores(scores, keys, background=background, threshold=threshold, alpha=alpha,
+                         image=image, crf=crf, image_id=image_id)
+
+
+def _label_scores(scores: np.ndarray, keys: np.ndarray, *, background: Background,
+                  threshold: float, alpha: float, image, crf: CRFParams | None,
+                  image_id: str) -> np.ndarray:
     bg = background_score(scores, background=background, threshold=threshold, alpha=alpha)
     stacked = np.concatenate([bg[None], scores], axis=0)
     if crf is not None:

@@ -9,7 +9,7 @@ from camflow.generate import CamMethod, DecodedImage
 from camflow.models import build
 from camflow.options import CamOptions, GenerateOptions, MaskOptions
 from camflow.shards import ShardStore
-from cluster.generate import CamWorker, GenerationJob, _finish_stage, _pack_images, _unpack_images
+from cluster.generate import CamWorker, GenerationJob, _finish_stage, _image_columns, _images_of
 
 
 def _images() -> list[DecodedImage]:
@@ -29,9 +29,9 @@ def _worker_output(crf: bool) -> tuple[dict, GenerateOptions]:
                               mask=MaskOptions(bg_threshold=0.3, crf=crf))
     worker = CamWorker(lambda: build("resnet18", num_classes=3), [CamMethod("cam", ("stage5",))],
                        options, num_threads=1, use_gpu=False)
-    packed, meta = _pack_images(_images())
-    batch = {"shard": np.array(["shard-00000"]), "images": np.array([packed], dtype=object),
-             "meta": np.array([meta]), "rejects": np.array(["[]"])}
+    row = {"shard": "shard-00000", "rejects": "[]", **_image_columns(_images(), pixels=True)}
+    batch = {key: np.array([value]) if isinstance(value, str) else [value]
+             for key, value in row.items()}
     out = worker(batch)
     return {key: values[0] for key, values in out.items()}, options
 
@@ -39,7 +39,11 @@ def _worker_output(crf: bool) -> tuple[dict, GenerateOptions]:
 @pytest.mark.parametrize("crf", [False, True])
 def test_pixels_travel_on_only_for_the_crf(crf):
     row, _ = _worker_output(crf)
-    after = _unpack_images(row["images"], row["meta"])
+    assert ("pixels" in row) == crf
+    # Every column is a plain array: a flat one and its shapes, or JSON text.
+    assert all(isinstance(v, (np.ndarray, str, np.str_)) for v in row.values())
+    assert row["maps/cam"].dtype == np.float16 and row["seeds/cam"].dtype == np.uint8
+    after = _images_of(row)
     for before, im in zip(_images(), after):
         assert (im.pixels is not None) == crf
         if crf:

@@ -185,3 +185,28 @@ def test_seed_sweep_refuses_wrong_labels_and_channel_counts():
         SeedSweep(4).update(cams, np.array([[1, 0, 0, 0]]), gt, image_ids=["x"])
     with pytest.raises(BadInputError, match="image 'x'.*label 9"):
         SeedSweep(3).update(cams, np.array([[1, 0, 0]]), gt + 9, image_ids=["x"])
+
+
+def test_seed_sweep_from_own_class_maps_equals_the_padded_update():
+    rng = np.random.default_rng(3)
+    padded, own_only = SeedSweep(5), SeedSweep(5)
+    for classes in ([1, 3], [0], [4, 2, 0]):
+        gt = rng.choice([0, *(c + 1 for c in classes), 255], size=(9, 7)).astype(np.uint8)
+        own = rng.random((len(classes), 9, 7)).astype(np.float32)
+        full = np.zeros((5, 9, 7), np.float32)
+        full[classes] = own
+        hot = np.zeros(5, np.int64)
+        hot[classes] = 1
+        padded.update([full], [hot], [gt])
+        own_only.update_classes([own], [classes], [gt])
+    np.testing.assert_array_equal(padded.confusion, own_only.confusion)
+
+
+def test_seed_sweep_own_class_maps_name_a_bad_image():
+    sweep = SeedSweep(3)
+    gt = np.zeros((4, 4), np.uint8)
+    rejected = sweep.update_classes([np.ones((1, 4, 4), np.float32), np.ones((1, 4, 4), np.float32)],
+                                    [[5], [1]], [gt, gt], image_ids=["bad", "ok"], on_error="skip")
+    assert [r.image_id for r in rejected] == ["bad"] and "class ids" in rejected[0].reason
+    with pytest.raises(BadInputError, match="'two'"):
+        sweep.update_classes([np.ones((1, 4, 4), np.float32)], [[0, 1]], [gt], image_ids=["two"])

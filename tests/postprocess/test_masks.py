@@ -121,3 +121,18 @@ def test_top_channel_is_argmax_with_ties_to_the_first():
     index, top = top_channel(stack)
     np.testing.assert_array_equal(index, stack.argmax(axis=0))
     np.testing.assert_array_equal(top, stack.max(axis=0))
+
+
+def test_pseudo_mask_of_own_classes_equals_the_padded_call():
+    from camflow.postprocess import pseudo_mask_of_classes
+
+    cams, labels, _ = _blobs()
+    own = np.flatnonzero(labels)
+    for background in ("constant", "power"):
+        want = pseudo_mask(cams, labels, background=background, threshold=0.3)
+        got = pseudo_mask_of_classes(cams[own], own, background=background, threshold=0.3)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(BadInputError, match="'x'"):
+        pseudo_mask_of_classes(cams[own], [0], image_id="x")
+    with pytest.raises(BadInputError, match="distinct"):
+        pseudo_mask_of_classes(cams[:2], [1, 1], image_id="x")
