@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
+from s3server import start_moto  # noqa: E402
 
 from camflow.data import embedded  # noqa: E402
 from camflow.data.voc import read_voc  # noqa: E402
@@ -54,14 +53,8 @@ from camflow.models import build, save_checkpoint  # noqa: E402
 from camflow.options import CamOptions, GenerateOptions  # noqa: E402
 from camflow.shards import ShardStore  # noqa: E402
 from cluster.connect import connect, torch_threads_for, worker_cpus  # noqa: E402
-from cluster.generate import (  # noqa: E402
-    CheckpointModel,
-    GenerationJob,
-    _decode_stage,
-    _images_of,
-    plan_shards,
-    run_generation,
-)
+from cluster.generate import CheckpointModel, GenerationJob, plan_shards, run_generation  # noqa: E402
+from cluster.stages import _decode_stage, _images_of  # noqa: E402
 from flows.demo import DEMO  # noqa: E402
 
 
@@ -129,7 +122,7 @@ def forward_only(job, decoded_rows, factory, workers: int) -> tuple[float, float
 
 def end_to_end(job, manifest, factory, workers: int) -> tuple[float, float]:
     """Steady-state images/s of run_generation: decode, CAMs, post-processing, S3 commits."""
-    sizes = {shard: len(records) for shard, records in plan_shards(manifest, job.shard_size)}
+    sizes = {s.name: s.stop - s.start for s in plan_shards(len(manifest), job.shard_size)}
     times, images = [], []
 
     def committed(row):
@@ -181,32 +174,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_moto() -> subprocess.Popen:
-    """A moto S3 server in its own process; the environment points camflow at it."""
-    import boto3
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
-                               "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(CAMFLOW_S3_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="bench",
-                      AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1")
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.create_bucket(Bucket="bench")
-            return server
-        except Exception:  # noqa: BLE001 - the server is still starting
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise
-            time.sleep(0.2)
 
 
 def workload(name: str, num_classes: int, feature_dim: int) -> tuple[tuple[CamMethod, ...], GenerateOptions]:
@@ -263,8 +230,9 @@ def main() -> int:
     print(f"{'workload':>8} {'shared ms/img':>14} {'per-method ms/img':>18} {'shared/per-method':>18}")
     for name in args.workload:
         manifest = every.slice(0, min(args.compute_images, len(every)))
-        decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, len(embedded.CLASSES), None)
-                   for s, r in plan_shards(manifest, args.shard_size)]
+        records = manifest.to_pylist()
+        decoded = [_decode_stage({"shard": s.name}, records[s.start:s.stop], len(embedded.CLASSES), None)
+                   for s in plan_shards(len(records), args.shard_size)]
         methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
         one, apart = shared_against_per_method(model, decoded, methods, options, args.repeat)
         target = " (target <= 0.55)" if name == "demo" else ""
@@ -287,8 +255,9 @@ def main() -> int:
         for name in args.workload:
             manifest = every.slice(0, counts[name])
             n = len(manifest)
-            decoded = [_decode_stage({"shard": s, "records": json.dumps(r)}, len(embedded.CLASSES), None)
-                       for s, r in plan_shards(manifest, args.shard_size)]
+            records = manifest.to_pylist()
+            decoded = [_decode_stage({"shard": s.name}, records[s.start:s.stop], len(embedded.CLASSES), None)
+                       for s in plan_shards(len(records), args.shard_size)]
             methods, options = workload(name, len(embedded.CLASSES), 256 + 512)
             for workers in args.workers:
                 fwd = e2e = 0.0

@@ -10,7 +10,6 @@ Box conventions: the manifest and the ``boxes`` table use pixel edges (x1 exclus
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +24,7 @@ from camflow import cams as cam_engine
 from camflow.data.images import BadImageError, load_rgb
 from camflow.data.masks import load_mask
 from camflow.data.validate import mask_value_problem
-from camflow.metrics import BoxAccuracy, PixelAP, SeedSweep, SegConfusion
+from camflow.metrics import SeedSweep
 from camflow.models.classifier import image_prep_of
 from camflow.options import GenerateOptions
 from camflow.outputs import (
@@ -42,8 +41,7 @@ from camflow.postprocess import (
     extract_boxes,
     pseudo_mask_of_classes,
 )
-
-METRICS = {"seed": SeedSweep, "mask": SegConfusion, "box": BoxAccuracy, "pixel": PixelAP}
+from camflow.run_metrics import new_metrics
 
 
 @dataclass(frozen=True)
@@ -169,11 +167,6 @@ def _at_image_size(sums: torch.Tensor, size: tuple[int, int], stride: int) -> Im
 
 # -- 3. outputs and metrics ---------------------------------------------------------------------
 
-def new_metrics(num_classes: int) -> dict[str, Any]:
-    return {"seed": SeedSweep(num_classes), "mask": SegConfusion(num_classes + 1),
-            "box": BoxAccuracy(), "pixel": PixelAP()}
-
-
 def shard_outputs(
     images: Sequence[DecodedImage], maps: Sequence[ImageMaps], opts: GenerateOptions,
     *, scales: Sequence[float] | None = None,
@@ -265,37 +258,3 @@ def _update_metrics(metrics: dict[str, Any], im: DecodedImage, own: np.ndarray,
             if len(gt):
                 metrics["box"].update([cam], [gt], image_ids=[f"{im.image_id}/class {k}"],
                                       on_error="skip")
-
-
-# -- metric states travel as JSON-safe dicts (hex of safetensors bytes) ---------------------------
-
-def metrics_to_json(metrics: Mapping[str, Any]) -> dict[str, str]:
-    return {name: acc.to_bytes().hex() for name, acc in metrics.items()}
-
-
-def metrics_from_json(doc: Mapping[str, str]) -> dict[str, Any]:
-    return {name: METRICS[name].from_bytes(bytes.fromhex(data)) for name, data in doc.items()}
-
-
-def merge_metrics(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    if not parts:
-        return None
-    total = {name: METRICS[name].from_state(acc.state_dict()) for name, acc in parts[0].items()}
-    for part in parts[1:]:
-        for name, acc in part.items():
-            total[name].merge(acc)
-    return total
-
-
-def summarize(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The headline figures of merged accumulators (NaN where nothing was counted)."""
-    if not metrics:
-        return {}
-    seed = metrics["seed"].compute()
-    mask = metrics["mask"].compute()
-    box = metrics["box"].compute()
-    pixel = metrics["pixel"].compute()
-    return json.loads(json.dumps({
-        "seed_mIoU": seed["best_mIoU"], "seed_best_threshold": seed["best_threshold"],
-        "mask_mIoU": mask["mIoU"], "MaxBoxAccV2": box["MaxBoxAccV2"], "PxAP": pixel["PxAP"],
-    }, default=float))

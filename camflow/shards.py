@@ -3,10 +3,13 @@
 Layout under an output root (local path or ``s3://bucket/prefix``)::
 
     {table}/run={run_id}/method={method}/{shard}.parquet      data (Hive partitions)
+    {name}/run={run_id}/method={method}/{shard}.safetensors   binary beside it (metric states)
     _commits/run={run_id}/method={method}/{shard}.json         one marker per committed shard
     _runs/run={run_id}/lease.json                              who is writing this run
 
-A shard's files are written first and its marker last, each whole or not at all
+A marker is small (a few hundred bytes per file: path, rows, size, hash, id range); anything
+bulky, such as metric states, is a binary file beside the data. A shard's files are written
+first and its marker last, each whole or not at all
 (``storage.put_whole``: one PUT on an object store, a hidden temporary file renamed into place on
 local disk). The marker is the commit: :meth:`ShardStore.read` returns only files named by
 markers, a rerun skips shards that have a marker, and a shard redone after a crash lands on the
@@ -23,7 +26,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +40,8 @@ from camflow.storage import with_retries
 
 __all__ = ["RunInUseError", "RunLease", "ShardCommit", "ShardStore", "table_digest", "with_retries"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metric states in binary files beside the data, not in the marker
+READABLE_VERSIONS = (1, 2)  # a version-1 run's outputs still read (its metrics do not resume)
 
 
 def table_digest(table: pa.Table) -> str:
@@ -67,7 +71,7 @@ class ShardCommit:
     def from_json(cls, data: bytes, where: str) -> ShardCommit:
         try:
             doc = json.loads(data)
-            if doc.get("format_version") != FORMAT_VERSION:
+            if doc.get("format_version") not in READABLE_VERSIONS:
                 raise ValueError(f"format_version {doc.get('format_version')!r}")
             return cls(doc["run_id"], doc["method"], doc["shard"], doc["files"], doc.get("extra", {}))
         except (ValueError, KeyError, TypeError) as exc:
@@ -99,6 +103,23 @@ class ShardStore:
 
     def data_path(self, table: str, method: str, shard: str) -> str:
         return self._p(table, f"run={self.run_id}", f"method={method}", f"{shard}.parquet")
+
+    def file_path(self, name: str, method: str, shard: str) -> str:
+        return self._p(name, f"run={self.run_id}", f"method={method}", f"{shard}.safetensors")
+
+    def run_path(self, name: str) -> str:
+        """A file of the run itself (beside its lease), as a URI."""
+        return storage.join(self.root, "_runs", f"run={self.run_id}", _check_name("file", name))
+
+    def put_run_file(self, name: str, data: bytes) -> None:
+        """Write a file of the run itself whole (one writer: the lease holder)."""
+        path = self._p("_runs", f"run={self.run_id}", _check_name("file", name))
+        with_retries(lambda: storage.put_whole(self.fs, path, data), what=f"write {name}")
+
+    def get_run_file(self, name: str) -> bytes | None:
+        """A file of the run itself, or None where it was never written."""
+        path = self._p("_runs", f"run={self.run_id}", _check_name("file", name))
+        return self._cat([path], what=f"read {name}", missing_ok=True).get(path)
 
     def marker_path(self, method: str, shard: str) -> str:
         return self._p("_commits", f"run={self.run_id}", f"method={method}", f"{shard}.json")
@@ -143,6 +164,17 @@ class ShardStore:
         paths = self._markers(method)
         data = self._cat(paths, what=f"read {len(paths)} commit markers", missing_ok=True)
         return [ShardCommit.from_json(data[p], p) for p in paths if p in data]
+
+    def read_files(self, name: str, method: str, shards: Iterable[str], *,
+                   batch: int = 1000) -> Iterator[tuple[str, bytes]]:
+        """The binary ``name`` file of each committed shard in ``shards``, ``batch`` at a time
+        (one batched read each, no marker reads: the paths follow from the names)."""
+        todo = list(shards)
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            paths = [self.file_path(name, method, shard) for shard in chunk]
+            data = self._cat(paths, what=f"read {len(paths)} {name} files", missing_ok=False)
+            yield from ((shard, data[path]) for shard, path in zip(chunk, paths))
 
     def committed(self, method: str) -> set[str]:
         """Names of the committed shards of ``method`` (one listing, no reads)."""
@@ -203,12 +235,16 @@ class ShardStore:
     # -- writing -----------------------------------------------------------------------------
     def commit(
         self, method: str, shard: str, tables: Mapping[str, pa.Table],
-        extra: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None, *, files: Mapping[str, bytes] | None = None,
     ) -> ShardCommit:
-        """Write every table of one shard, then its marker. Safe to repeat after a crash."""
+        """Write every table and binary file (``files``: name -> bytes) of one shard, then its
+        marker. Safe to repeat after a crash."""
         _check_name("method", method)
         _check_name("shard", shard)
-        files: dict[str, dict[str, Any]] = {}
+        written: dict[str, dict[str, Any]] = {}
+        if set(tables) & set(files or {}):
+            raise ValueError(f"shard {shard}: {sorted(set(tables) & set(files or {}))} named as "
+                             "both a table and a file")
         for name, table in tables.items():
             _check_name("table", name)
             final = self.data_path(name, method, shard)
@@ -217,9 +253,16 @@ class ShardStore:
             payload = sink.getvalue()
             with_retries(lambda a=(final, payload): storage.put_whole(self.fs, *a),
                          what=f"write {name} shard {shard}")
-            files[name] = {"path": final, "rows": table.num_rows, "bytes": len(payload),
-                           "sha256": table_digest(table), **_id_range(table)}
-        record = ShardCommit(self.run_id, method, shard, files, dict(extra or {}))
+            written[name] = {"path": final, "rows": table.num_rows, "bytes": len(payload),
+                             "sha256": table_digest(table), **_id_range(table)}
+        for name, payload in (files or {}).items():
+            _check_name("file", name)
+            final = self.file_path(name, method, shard)
+            with_retries(lambda a=(final, payload): storage.put_whole(self.fs, *a),
+                         what=f"write {name} of shard {shard}")
+            written[name] = {"path": final, "bytes": len(payload),
+                             "sha256": hashlib.sha256(payload).hexdigest()}
+        record = ShardCommit(self.run_id, method, shard, written, dict(extra or {}))
         marker = self.marker_path(method, shard)
 
         with_retries(lambda: storage.put_whole(self.fs, marker, record.to_json()),

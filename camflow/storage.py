@@ -258,12 +258,13 @@ def write_bytes(
 
 
 def write_table(
-    table: pa.Table, uri: str, *, storage_options: Mapping[str, Any] | None = None
+    table: pa.Table, uri: str, *, storage_options: Mapping[str, Any] | None = None,
+    row_group_size: int | None = None,
 ) -> None:
     """Write one Parquet file so that ``uri`` is either absent or complete (streamed)."""
     fs, path = resolve(uri, storage_options)
     with _whole(fs, path) as target, fs.open(target, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
+        pq.write_table(table, f, compression="zstd", row_group_size=row_group_size)
 
 
 def read_table(

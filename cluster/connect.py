@@ -22,8 +22,10 @@ class ClusterOptions:
 
     ``address``: a Ray address (default ``RAY_ADDRESS``, else a local Ray). ``use_gpu`` None: use
     GPUs when the cluster has them. ``cpus_per_worker`` None: a one-node Ray's CPUs shared among
-    the ``workers``, 1 on a multi-node cluster (see :func:`worker_cpus`). ``dashboard``: Ray's
-    dashboard with a local Ray (port 8265).
+    the ``workers``, 1 on a multi-node cluster (see :func:`worker_cpus`). ``decoders`` and
+    ``finishers``: the most actors that decode images and post-process and commit shards at
+    once (autoscaled from one; None: the cluster's CPU count). ``dashboard``: Ray's dashboard
+    with a local Ray (port 8265).
     """
 
     address: str | None = None
@@ -31,6 +33,8 @@ class ClusterOptions:
     use_gpu: bool | None = None
     gpu_fraction: float = 1.0
     cpus_per_worker: float | None = None
+    decoders: int | None = None
+    finishers: int | None = None
     dashboard: bool = False
 
     def __post_init__(self) -> None:
@@ -38,6 +42,9 @@ class ClusterOptions:
             raise ValueError(f"workers must be >= 1, got {self.workers!r}")
         if not 0 < self.gpu_fraction <= 1:
             raise ValueError(f"gpu_fraction must lie in (0, 1], got {self.gpu_fraction!r}")
+        for name in ("decoders", "finishers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
             raise ValueError(f"cpus_per_worker must be positive, got {self.cpus_per_worker!r}")
 
@@ -121,3 +128,24 @@ def worker_cpus(workers: int, requested: float | None = None) -> float:
     if sum(1 for node in ray.nodes() if node.get("Alive")) != 1:
         return 1.0
     return max(1.0, ray.cluster_resources().get("CPU", 1.0) // workers)
+
+
+def runs_with_room(options: ClusterOptions, runs: int) -> int:
+    """How many of ``runs`` training runs fit on the connected Ray cluster at once, each with
+    the resources ``options`` give one run: its GPUs where it uses them, else its CPUs. One
+    where there is room for no more (a one-node machine shares its CPUs among a run's workers).
+    """
+    if runs < 1 or not ray.is_initialized():
+        return 1
+    total = ray.cluster_resources()
+    alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+    gpus = total.get("GPU", 0.0)
+    if gpus and options.use_gpu is not False:
+        need = options.workers * options.gpu_fraction
+        room = int(gpus // need)
+    elif alive > 1 or options.cpus_per_worker is not None:
+        need = options.workers * worker_cpus(options.workers, options.cpus_per_worker)
+        room = int(total.get("CPU", 1.0) // need)
+    else:
+        room = 1
+    return max(1, min(runs, room))

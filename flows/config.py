@@ -150,6 +150,9 @@ class SweepConfig(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2],
                              description="training seeds (subset and initialisation) per proportion")
     seeds_up_to: float = Field(0.1, gt=0, le=1, description="larger proportions use seeds[0] only")
+    concurrent: int | None = Field(None, ge=1, description="training runs (proportion, seed) "
+                                   "that go at once; default: as many as the cluster has room "
+                                   "for, one at a time where training runs locally")
 
     @field_validator("seeds")
     @classmethod

@@ -6,10 +6,12 @@ seeds/masks/boxes -> report; the proportion sweep; the backbone pretraining on i
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,6 +22,7 @@ from camflow.models.pretrained import EMBEDDED
 from flows.config import RunConfig, load_config, parse_config
 from tasks.bls import fit_broadcam
 from tasks.cams import generate_cams
+from tasks.common import concurrent_runs
 from tasks.data import prepare_data
 from tasks.pretrain import pretrain_backbone
 from tasks.report import write_report
@@ -52,65 +55,103 @@ def resolve_pretrained(cfg: RunConfig, run_dir: str) -> Any:
 
 
 def run_stages(cfg: RunConfig, runs: Sequence[tuple[float, int]], *, title: str) -> dict[str, Any]:
-    """Every stage for every (proportion, seed), then the report; the pipeline's and the sweep's."""
+    """Every stage for every (proportion, seed), then the report; the pipeline's and the sweep's.
+
+    The runs go one after another, or ``sweep.concurrent`` at once (by default as many as the
+    cluster has room for), each its own chain of task runs: train -> ReCAM -> BLS -> CAMs.
+    """
     log = get_run_logger()
     run_id = cfg.run_id or new_run_id(cfg.name)
     run_dir = storage.join(cfg.output, run_id)
     log.info("run %s -> %s", run_id, storage.redact(run_dir))
-    cluster = cfg.cluster
-    methods = list(cfg.cams.methods)
-    # ReCAM's maps come from its own classifier (trained on), so they are a generation of their own.
-    main_cams = dataclasses.replace(cfg.cams, methods=tuple(m for m in methods if m != "recam"))
-    post = cfg.postprocess
-    generation = {"split": cfg.cams.split, "shard_size": cfg.cams.shard_size}
-
     started = time.monotonic()
     prepared = prepare_data(cfg.data, run_dir, cfg.output)
-    prepare_seconds = time.monotonic() - started
-    pretrained = resolve_pretrained(cfg, run_dir)
-    configs = {run: cfg.train_config(*run, pretrained) for run in runs}
-    results: dict[str, dict[str, Any]] = {}
-    generated: dict[str, list[dict[str, Any]]] = {}
-    # Every classifier first: locally they train in this process, and a local Ray kept alive
-    # beside them (it starts with the first BLS fit) slows training by a fifth on two cores.
-    labels = {run: run_label(*run, cfg.train.seed) for run in runs}
-    classifiers = {run: train_classifier(configs[run], prepared, run_dir, cluster, labels[run],
-                                         checkpoint=cfg.model.checkpoint) for run in runs}
-    recams = {run: train_recam(classifiers[run]["checkpoint"], configs[run], prepared, run_dir,
-                               cluster, labels[run])
-              for run in runs} if "recam" in methods else {}
-    for run in runs:
-        (proportion, seed), label, trained = run, labels[run], classifiers[run]
+    stages = _RunStages(cfg, prepared, run_dir, resolve_pretrained(cfg, run_dir),
+                        prepare_seconds=time.monotonic() - started)
+    width = concurrent_runs(cfg.cluster, len(runs), cfg.sweep.concurrent)
+    if width > 1:
+        log.info("%d training runs, %d at once", len(runs), width)
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="camflow-run") as pool:
+            # Each thread runs its tasks inside a copy of this flow run's context, so Prefect
+            # records them as this flow's (concurrent) task runs.
+            futures = [pool.submit(contextvars.copy_context().run, stages.whole, run)
+                       for run in runs]
+            outcomes = [f.result() for f in futures]
+    else:
+        # Every classifier first: locally they train in this process, and a local Ray kept alive
+        # beside them (it starts with the first BLS fit) slows training by a fifth on two cores.
+        trained = {run: stages.train(run) for run in runs}
+        recams = {run: stages.recam(run, trained[run]) for run in runs}
+        outcomes = [stages.finish(run, trained[run], recams[run]) for run in runs]
+    results = {label: result for label, result, _ in outcomes}
+    generated = {label: jobs for label, _, jobs in outcomes}
+    written = write_report(results, generated, prepared, list(cfg.cams.methods), cfg.cams.split,
+                           run_dir, title=title)
+    return {"run_id": run_id, "run_dir": run_dir, "results": results, **written}
+
+
+class _RunStages:
+    """The stages of one training run (proportion, seed), as task calls."""
+
+    def __init__(self, cfg: RunConfig, prepared: dict[str, Any], run_dir: str, pretrained: Any,
+                 *, prepare_seconds: float) -> None:
+        self.cfg, self.prepared, self.run_dir = cfg, prepared, run_dir
+        self.pretrained, self.prepare_seconds = pretrained, prepare_seconds
+        self.methods = list(cfg.cams.methods)
+
+    def label(self, run: tuple[float, int]) -> str:
+        return run_label(*run, self.cfg.train.seed)
+
+    def train(self, run: tuple[float, int]) -> dict[str, Any]:
+        return train_classifier(self.cfg.train_config(*run, self.pretrained), self.prepared,
+                                self.run_dir, self.cfg.cluster, self.label(run),
+                                checkpoint=self.cfg.model.checkpoint)
+
+    def recam(self, run: tuple[float, int], trained: dict[str, Any]) -> dict[str, Any] | None:
+        if "recam" not in self.methods:
+            return None
+        return train_recam(trained["checkpoint"], self.cfg.train_config(*run, self.pretrained),
+                           self.prepared, self.run_dir, self.cfg.cluster, self.label(run))
+
+    def whole(self, run: tuple[float, int]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        trained = self.train(run)
+        return self.finish(run, trained, self.recam(run, trained))
+
+    def finish(self, run: tuple[float, int], trained: dict[str, Any],
+               recam: dict[str, Any] | None) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+        """BLS, then seeds, masks and boxes: the run's label, its results and its jobs."""
+        cfg, (proportion, seed), label = self.cfg, run, self.label(run)
+        post, size, cluster = cfg.postprocess, cfg.data.image_size, cfg.cluster
+        generation = {"split": cfg.cams.split, "shard_size": cfg.cams.shard_size}
+        # ReCAM's maps come from its own classifier, so they are a generation of their own.
+        main_cams = dataclasses.replace(cfg.cams, methods=tuple(
+            m for m in self.methods if m != "recam"))
         fitted = None
-        if "broadcam" in methods:
-            fitted = fit_broadcam(cfg.bls, prepared, trained["checkpoint"], proportion,
-                                  seed, cfg.data.image_size, run_dir, cluster, label=label)
+        if "broadcam" in self.methods:
+            fitted = fit_broadcam(cfg.bls, self.prepared, trained["checkpoint"], proportion,
+                                  seed, size, self.run_dir, cluster, label=label)
         jobs = []
         if main_cams.methods:
-            jobs.append(generate_cams(main_cams, post.mask, post.box, prepared,
-                                      trained["checkpoint"], fitted, proportion,
-                                      cfg.data.image_size, run_dir, cluster, label=label,
-                                      **generation))
-        if run in recams:
+            jobs.append(generate_cams(main_cams, post.mask, post.box, self.prepared,
+                                      trained["checkpoint"], fitted, proportion, size,
+                                      self.run_dir, cluster, label=label, **generation))
+        if recam is not None:
             jobs.append(generate_cams(dataclasses.replace(cfg.cams, methods=("recam",)), post.mask,
-                                      post.box, prepared, recams[run]["checkpoint"], None,
-                                      proportion, cfg.data.image_size, run_dir, cluster,
+                                      post.box, self.prepared, recam["checkpoint"], None,
+                                      proportion, size, self.run_dir, cluster,
                                       label=f"{label}-recam", **generation))
-        generated[label] = jobs
-        results[label] = {
+        result = {
             "run": label, "proportion": proportion, "seed": seed,
             "train": trained["metrics"],
             "methods": {m: v for job in jobs for m, v in job["metrics"].items()},
-            "times": {"prepare_data": prepare_seconds, "train": trained["seconds"],
-                      "train_recam": recams[run]["seconds"] if run in recams else 0.0,
+            "times": {"prepare_data": self.prepare_seconds, "train": trained["seconds"],
+                      "train_recam": recam["seconds"] if recam else 0.0,
                       "fit_bls": fitted["seconds"] if fitted else 0.0,
                       "generate": sum(job["seconds"] for job in jobs)},
         }
-        if run in recams:
-            results[label]["train_recam"] = recams[run]["metrics"]
-    written = write_report(results, generated, prepared, methods, cfg.cams.split, run_dir,
-                           title=title)
-    return {"run_id": run_id, "run_dir": run_dir, "results": results, **written}
+        if recam is not None:
+            result["train_recam"] = recam["metrics"]
+        return label, result, jobs
 
 
 def as_config(config: RunConfig | dict[str, Any] | None) -> RunConfig:

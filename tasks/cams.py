@@ -73,10 +73,12 @@ def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared
     if mask.calibrated:
         job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, cluster))
         log.info("pseudo-mask background scores: %s", job.bg_thresholds or "none calibrated")
-    manifest = read_manifest(prepared[f"{split}_manifest"])
-    result = run_generation(job, manifest, CheckpointModel(checkpoint), workers=cluster.workers,
-                            use_gpu=cluster.use_gpu, gpu_fraction=cluster.gpu_fraction,
+    # The manifest's URI: the driver reads its footer only, the decoders their own rows.
+    result = run_generation(job, prepared[f"{split}_manifest"], CheckpointModel(checkpoint),
+                            workers=cluster.workers, use_gpu=cluster.use_gpu,
+                            gpu_fraction=cluster.gpu_fraction,
                             cpus_per_worker=cluster.cpus_per_worker,
+                            decoders=cluster.decoders, finishers=cluster.finishers,
                             progress=sys.stderr.isatty())
     seconds = time.monotonic() - started
     log.info("%s: %d shards (%d skipped), %d rejects, %.0f s", job.run_id,

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from cluster.connect import ClusterInfo, ClusterOptions, connect
+from cluster.connect import ClusterInfo, ClusterOptions, connect, runs_with_room
 
 # A rerun with the same inputs and the same task code reuses the finished stage's result.
 CACHED: dict[str, Any] = {
@@ -23,3 +23,14 @@ RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 30]}
 def ray_for(cluster: ClusterOptions) -> ClusterInfo:
     """Join the configured Ray cluster, or start the local one, once per process."""
     return connect(cluster.address, dashboard=cluster.dashboard)
+
+
+def concurrent_runs(cluster: ClusterOptions, runs: int, requested: int | None) -> int:
+    """How many training runs of a sweep go at once: ``requested``, or as many as the cluster
+    has room for; one after another where training is not distributed (it runs here)."""
+    if requested is not None:
+        return max(1, min(runs, requested))
+    if not cluster.distributed or runs < 2:
+        return 1
+    ray_for(cluster)
+    return runs_with_room(cluster, runs)

@@ -17,12 +17,12 @@ from camflow.generate import (
     class_maps,
     decode_records,
     shard_outputs,
-    summarize,
 )
 from camflow.models import build
 from camflow.options import CamOptions, MaskOptions
 from camflow.outputs import quantize_seed
 from camflow.postprocess import decode_label_png
+from camflow.run_metrics import summarize
 
 
 @pytest.fixture(scope="module")

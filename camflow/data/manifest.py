@@ -25,7 +25,9 @@ import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from camflow import storage
 
@@ -177,11 +179,58 @@ def _conform(table: pa.Table, source: str) -> pa.Table:
     return table.replace_schema_metadata(metadata)
 
 
+# Small row groups let a worker read a shard's rows without reading the groups around them.
+ROW_GROUP_ROWS = 1024
+
+
 def write_manifest(
     table: pa.Table, uri: str, *, storage_options: Mapping[str, Any] | None = None
 ) -> None:
     """Write the manifest as one Parquet file (atomically, through camflow.storage)."""
-    storage.write_table(_conform(table, "to write"), uri, storage_options=storage_options)
+    storage.write_table(_conform(table, "to write"), uri, storage_options=storage_options,
+                        row_group_size=ROW_GROUP_ROWS)
+
+
+def manifest_rows(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> int:
+    """How many records a manifest file holds, from its footer alone."""
+    fs, path = storage.resolve(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+class ManifestRows:
+    """Reads row ranges of one manifest file: only the row groups a range falls in.
+
+    The file's footer is read once, when the reader is made; keep one reader per worker.
+    """
+
+    def __init__(self, uri: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        fs, path = storage.resolve(uri, storage_options)
+        self.uri = uri
+        self._file = fs.open(path, "rb")
+        self._parquet = pq.ParquetFile(self._file)
+        sizes = [self._parquet.metadata.row_group(i).num_rows
+                 for i in range(self._parquet.num_row_groups)]
+        self._starts = np.cumsum([0, *sizes])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self._starts[-1])
+
+    def read(self, start: int, stop: int) -> pa.Table:
+        """Records ``start`` to ``stop`` (exclusive), in file order."""
+        if not 0 <= start <= stop <= self.num_rows:
+            raise ValueError(f"rows {start}:{stop} outside {storage.redact(self.uri)}, which "
+                             f"holds {self.num_rows}")
+        if stop == start:
+            return self._parquet.schema_arrow.empty_table()
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        last = int(np.searchsorted(self._starts, stop - 1, side="right")) - 1
+        table = self._parquet.read_row_groups(list(range(first, last + 1)))
+        return table.slice(start - int(self._starts[first]), stop - start)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_manifest(uri: str, *, storage_options: Mapping[str, Any] | None = None) -> pa.Table:

@@ -9,7 +9,8 @@ from camflow.generate import CamMethod, DecodedImage
 from camflow.models import build
 from camflow.options import CamOptions, GenerateOptions, MaskOptions
 from camflow.shards import ShardStore
-from cluster.generate import CamWorker, GenerationJob, _finish_stage, _image_columns, _images_of
+from cluster.generate import GenerationJob
+from cluster.stages import CamWorker, _finish_stage, _image_columns, _images_of
 
 
 def _images() -> list[DecodedImage]:

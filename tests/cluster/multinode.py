@@ -1,0 +1,219 @@
+"""A real multi-node Ray cluster on this machine, for tests: ``ray start`` nodes, token auth.
+
+Every node is one ``ray start`` run in a process session of its own (``start_new_session``): the
+daemons it leaves behind (GCS, raylet, agents) and the workers their raylet forks keep that
+session, so a node's processes are exactly those of its session, and :meth:`LocalCluster.stop`
+ends only what this harness started. ``ray stop`` is never used: it stops every Ray on the machine,
+the test session's own local Ray (``ray_session``) and other engineers' runs included.
+
+Each node gets a temporary directory of its own (``--temp-dir``): its sockets and logs, and the
+``ray_current_cluster`` file that ``ray start`` writes, which in the default ``/tmp/ray`` would make
+every later plain ``ray.init()`` on the machine join this cluster instead of starting its own.
+
+Ray 2.60 turns token authentication on for new clusters. Every process here gets
+``RAY_AUTH_MODE=token`` and the cluster's token in ``RAY_AUTH_TOKEN`` (which Ray's token loader
+reads before any token file), so nothing reads or writes ``~/.ray/auth_token``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# What the nodes are given and what a driver must have to join them; never set in this process.
+_RAY_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+    return int(stat.rsplit(")", 1)[1].split()[3])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Node:
+    """One ``ray start`` of this harness: its session id, its temp dir, what it was given."""
+
+    name: str
+    sid: int
+    temp_dir: Path
+    args: list[str]
+    log: str = ""
+
+    def pids(self) -> list[int]:
+        """Every live process of this node (its session)."""
+        return [int(p) for p in os.listdir("/proc")
+                if p.isdigit() and _session_of(int(p)) == self.sid and _alive(int(p))]
+
+    def processes(self) -> dict[int, str]:
+        """pid -> command line (Ray sets a worker's to its actor, e.g. ``ray::MapWorker(...)``)."""
+        return {pid: _cmdline(pid) for pid in self.pids()}
+
+    def raylet_pid(self) -> int:
+        found = [pid for pid, cmd in self.processes().items()
+                 if cmd.split(" ", 1)[0].endswith("/raylet")]
+        if len(found) != 1:
+            raise RuntimeError(f"{self.name}: expected one raylet in session {self.sid}, "
+                               f"found {found}")
+        return found[0]
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process of this node, then SIGKILL what is left (new ones included)."""
+        deadline = time.monotonic() + grace
+        sig = signal.SIGTERM
+        while pids := self.pids():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            if time.monotonic() > deadline:
+                sig = signal.SIGKILL
+            time.sleep(0.2)
+
+
+@dataclass
+class LocalCluster:
+    """A head and worker nodes on this machine, all started with the ``ray`` CLI of this venv."""
+
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+    port: int = field(default_factory=free_port)
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        # Ray itself replaces a loopback host by this machine's address (nodes and drivers alike).
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _RAY_ENV}
+        env.update({
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # Two busy cores: a raylet gives its Python agents 15 s to start (the port files it
+            # waits for) and then aborts the node. Give them minutes.
+            "RAY_raylet_start_wait_time_s": "180",
+            "RAY_agent_register_timeout_ms": "180000",
+            # The GCS notices a dead node after a few missed health checks: one a second, so a
+            # killed node is found dead in seconds rather than tens of them.
+            "RAY_health_check_period_ms": "1000",
+        })
+        return env
+
+    def driver_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a driver process that joins this cluster through RAY_ADDRESS."""
+        return {**self._env(), "RAY_ADDRESS": self.address, **extra}
+
+    def _start(self, name: str, args: list[str], timeout: float) -> Node:
+        temp_dir = Path(tempfile.mkdtemp(prefix=f"cfray-{name}-"))  # short: socket paths
+        cmd = [RAY, "start", *args, "--temp-dir", str(temp_dir), "--disable-usage-stats",
+               "--dashboard-agent-listen-port", str(free_port()),
+               "--object-store-memory", str(256 * 2**20)]
+        proc = subprocess.Popen(cmd, env=self._env(), start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        node = Node(name, proc.pid, temp_dir, cmd)
+        self.nodes.append(node)  # stopped at teardown even if it fails to come up
+        try:
+            node.log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            node.log, _ = proc.communicate()
+            raise RuntimeError(f"ray start of {name} timed out after {timeout:.0f} s:\n"
+                               f"{node.log[-3000:]}") from None
+        if proc.returncode != 0 and not (
+                # `ray start` gives the raylet a fixed 30 s to register, too short on a loaded
+                # machine; its processes live on, and the raylet may yet come up.
+                "timed out during startup" in node.log and self._raylet_started(node, timeout)):
+            raylet = node.temp_dir / "session_latest" / "logs" / "raylet.out"
+            tail = raylet.read_text(errors="replace")[-3000:] if raylet.exists() else "(none)"
+            raise RuntimeError(f"ray start of {name} failed ({proc.returncode}):\n"
+                               f"{node.log[-3000:]}\n--- its raylet.out:\n{tail}")
+        return node
+
+    @staticmethod
+    def _raylet_started(node: Node, timeout: float) -> bool:
+        log = node.temp_dir / "session_latest" / "logs" / "raylet.out"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                text = log.read_text(errors="replace")
+            except OSError:
+                text = ""
+            if re.search(r"Raylet of id, \w+ started", text):
+                return True
+            if "Check failed" in text or not node.pids():
+                return False
+            time.sleep(0.5)
+        return False
+
+    def start_head(self, num_cpus: int = 1, timeout: float = 180) -> Node:
+        return self._start("head", [
+            "--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
+            "--include-dashboard=false", "--dashboard-port", str(free_port()),
+            "--ray-client-server-port", str(free_port()),
+        ], timeout)
+
+    def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
+                   timeout: float = 180) -> Node:
+        args = ["--address", self.address, "--num-cpus", str(num_cpus)]
+        if resources:
+            args += ["--resources", json.dumps(resources)]
+        return self._start(f"worker{len(self.nodes)}", args, timeout)
+
+    def query(self, code: str, timeout: float = 120) -> Any:
+        """Run ``code`` in a driver joined to the cluster; it prints one JSON value last."""
+        script = "import json, ray\nray.init(log_to_driver=False)\n" + code
+        done = subprocess.run([sys.executable, "-c", script], env=self.driver_env(),
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"driver failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        """Ray's view of its live nodes: id, raylet socket, resources."""
+        return self.query(
+            "print(json.dumps([{'id': n['NodeID'], 'raylet': n['RayletSocketName'],"
+            " 'resources': n['Resources']} for n in ray.nodes() if n['Alive']]))")
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        for node in self.nodes:
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
+        self.nodes.clear()
