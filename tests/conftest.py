@@ -32,6 +32,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
+        # Ray gives a starting raylet 10 s to register; a loaded 2-core machine can take longer.
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
