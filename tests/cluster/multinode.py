@@ -10,9 +10,11 @@ Each node gets a temporary directory of its own (``--temp-dir``): its sockets an
 ``ray_current_cluster`` file that ``ray start`` writes, which in the default ``/tmp/ray`` would make
 every later plain ``ray.init()`` on the machine join this cluster instead of starting its own.
 
-Ray 2.60 turns token authentication on for new clusters. Every process here gets
-``RAY_AUTH_MODE=token`` and the cluster's token in ``RAY_AUTH_TOKEN`` (which Ray's token loader
-reads before any token file), so nothing reads or writes ``~/.ray/auth_token``.
+Ray 2.60 turns token authentication on (``ray.init`` of a new cluster always; ``ray start`` when
+``~/.ray/auth_token`` exists). Here it is on explicitly: every node and every driver gets
+``RAY_AUTH_MODE=token`` and the cluster's own fresh token in ``RAY_AUTH_TOKEN``, which Ray's token
+loader takes before any token file, so ``~/.ray/auth_token`` (another Ray's) is neither used nor
+written. A driver without the token, or with another, is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,28 +47,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _session_of(pid: int) -> int | None:
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, session id) of a process, None once it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
-    return int(stat.rsplit(")", 1)[1].split()[3])
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[3])
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @dataclass
@@ -80,12 +77,16 @@ class Node:
 
     def pids(self) -> list[int]:
         """Every live process of this node (its session)."""
-        return [int(p) for p in os.listdir("/proc")
-                if p.isdigit() and _session_of(int(p)) == self.sid and _alive(int(p))]
+        pids = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and (stat := _stat(int(name))) and stat[1] == self.sid \
+                    and stat[0] != "Z":
+                pids.append(int(name))
+        return pids
 
     def processes(self) -> dict[int, str]:
-        """pid -> command line (Ray sets a worker's to its actor, e.g. ``ray::MapWorker(...)``)."""
-        return {pid: _cmdline(pid) for pid in self.pids()}
+        """pid -> command line (see :class:`NodeWatch` for what Ray makes of a worker's)."""
+        return {pid: cmdline(pid) for pid in self.pids()}
 
     def raylet_pid(self) -> int:
         found = [pid for pid, cmd in self.processes().items()
@@ -95,7 +96,7 @@ class Node:
                                f"found {found}")
         return found[0]
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """SIGTERM every process of this node, then SIGKILL what is left (new ones included)."""
         deadline = time.monotonic() + grace
         sig = signal.SIGTERM
@@ -106,6 +107,37 @@ class Node:
             if time.monotonic() > deadline:
                 sig = signal.SIGKILL
             time.sleep(0.2)
+
+
+class NodeWatch:
+    """Samples the process titles of one node: which actors it hosts, which are at work.
+
+    Ray titles an actor's process ``ray::<actor>`` while it waits and ``ray::<actor>.<method>``
+    while it runs a call: ``ray::MapWorker(MapBatches(CamWorker)).submit`` is a CAM actor on a
+    shard. :meth:`sample` reads the titles of the node's known processes, cheap enough for every
+    few milliseconds; the node's process list itself is refreshed every ``rescan`` seconds.
+    """
+
+    def __init__(self, node: Node, rescan: float = 1.0) -> None:
+        self.node, self.rescan = node, rescan
+        self.titles: set[str] = set()
+        self._pids: list[int] = []
+        self._scanned = float("-inf")
+
+    def sample(self) -> list[str]:
+        if time.monotonic() - self._scanned >= self.rescan:
+            self._pids, self._scanned = self.node.pids(), time.monotonic()
+        titles = [t.split(" ", 1)[0] for t in map(cmdline, self._pids) if t.startswith("ray::")]
+        self.titles.update(titles)
+        return titles
+
+    def hosted(self, actor: str) -> bool:
+        """Whether an actor whose name holds ``actor`` has had a process on this node."""
+        return any(actor in title for title in self.titles)
+
+    @staticmethod
+    def busy(titles: list[str], actor: str, method: str = "submit") -> bool:
+        return any(actor in t and t.endswith(f".{method}") for t in titles)
 
 
 @dataclass
@@ -126,9 +158,7 @@ class LocalCluster:
         env.update({
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
-            # Two busy cores: a raylet gives its Python agents 15 s to start (the port files it
-            # waits for) and then aborts the node. Give them minutes.
-            "RAY_raylet_start_wait_time_s": "180",
+            # A raylet's wait for its runtime-env agent to register; minutes on two busy cores.
             "RAY_agent_register_timeout_ms": "180000",
             # The GCS notices a dead node after a few missed health checks: one a second, so a
             # killed node is found dead in seconds rather than tens of them.
@@ -140,10 +170,33 @@ class LocalCluster:
         """The environment of a driver process that joins this cluster through RAY_ADDRESS."""
         return {**self._env(), "RAY_ADDRESS": self.address, **extra}
 
-    def _start(self, name: str, args: list[str], timeout: float) -> Node:
+    def _start(self, name: str, args: Callable[[], list[str]], timeout: float,
+               attempts: int = 3) -> Node:
+        """``ray start`` with ``args()``; a node that does not come up is stopped and retried.
+
+        A raylet waits a fixed 15 s for its Python agents to write their port files and aborts
+        the node when they are late (``Timed out waiting for file``), which happens when two
+        cores are shared with other work: the next attempt usually makes it.
+        """
+        for attempt in range(1, attempts + 1):
+            node = self._start_once(name, args(), timeout)
+            if isinstance(node, Node):
+                return node
+            failed, why = node
+            failed.stop()
+            self.nodes.remove(failed)
+            shutil.rmtree(failed.temp_dir, ignore_errors=True)
+            if attempt == attempts:
+                raise RuntimeError(f"ray start of {name} failed {attempts} times; the last:\n{why}")
+        raise AssertionError("unreachable")
+
+    def _start_once(self, name: str, args: list[str], timeout: float) -> Node | tuple[Node, str]:
         temp_dir = Path(tempfile.mkdtemp(prefix=f"cfray-{name}-"))  # short: socket paths
+        # Ports: the agent's would default to a fixed one and the workers' to a fixed range,
+        # shared with every other Ray on the machine; let the OS choose them instead.
         cmd = [RAY, "start", *args, "--temp-dir", str(temp_dir), "--disable-usage-stats",
                "--dashboard-agent-listen-port", str(free_port()),
+               "--min-worker-port", "0", "--max-worker-port", "0",
                "--object-store-memory", str(256 * 2**20)]
         proc = subprocess.Popen(cmd, env=self._env(), start_new_session=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -154,17 +207,15 @@ class LocalCluster:
         except subprocess.TimeoutExpired:
             proc.kill()
             node.log, _ = proc.communicate()
-            raise RuntimeError(f"ray start of {name} timed out after {timeout:.0f} s:\n"
-                               f"{node.log[-3000:]}") from None
-        if proc.returncode != 0 and not (
-                # `ray start` gives the raylet a fixed 30 s to register, too short on a loaded
-                # machine; its processes live on, and the raylet may yet come up.
+        if proc.returncode == 0 or (
+                # `ray start` itself gives the raylet a fixed 30 s to register; its processes
+                # live on after it gives up, and the raylet may yet come up.
                 "timed out during startup" in node.log and self._raylet_started(node, timeout)):
-            raylet = node.temp_dir / "session_latest" / "logs" / "raylet.out"
-            tail = raylet.read_text(errors="replace")[-3000:] if raylet.exists() else "(none)"
-            raise RuntimeError(f"ray start of {name} failed ({proc.returncode}):\n"
-                               f"{node.log[-3000:]}\n--- its raylet.out:\n{tail}")
-        return node
+            return node
+        raylet = temp_dir / "session_latest" / "logs" / "raylet.out"
+        tail = raylet.read_text(errors="replace")[-3000:] if raylet.exists() else "(none)"
+        return node, (f"exit status {proc.returncode}:\n{node.log[-3000:]}\n"
+                      f"--- its raylet.out:\n{tail}")
 
     @staticmethod
     def _raylet_started(node: Node, timeout: float) -> bool:
@@ -183,18 +234,20 @@ class LocalCluster:
         return False
 
     def start_head(self, num_cpus: int = 1, timeout: float = 180) -> Node:
-        return self._start("head", [
-            "--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
-            "--include-dashboard=false", "--dashboard-port", str(free_port()),
-            "--ray-client-server-port", str(free_port()),
-        ], timeout)
+        def args() -> list[str]:
+            self.port = free_port()  # a fresh GCS port for every attempt
+            return ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
+                    "--include-dashboard=false", "--dashboard-port", str(free_port()),
+                    "--ray-client-server-port", str(free_port())]
+
+        return self._start("head", args, timeout)
 
     def add_worker(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
                    timeout: float = 180) -> Node:
         args = ["--address", self.address, "--num-cpus", str(num_cpus)]
         if resources:
             args += ["--resources", json.dumps(resources)]
-        return self._start(f"worker{len(self.nodes)}", args, timeout)
+        return self._start(f"worker{len(self.nodes)}", lambda: args, timeout)
 
     def query(self, code: str, timeout: float = 120) -> Any:
         """Run ``code`` in a driver joined to the cluster; it prints one JSON value last."""
