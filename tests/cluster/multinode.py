@@ -65,6 +65,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def _wait_for_calm(limit: float = 60.0) -> None:
+    """Wait (at most ``limit`` s) while the machine runs more than two processes per core."""
+    deadline = time.monotonic() + limit
+    while os.getloadavg()[0] > 2 * (os.cpu_count() or 1) and time.monotonic() < deadline:
+        time.sleep(2)
+
+
 @dataclass
 class Node:
     """One ``ray start`` of this harness: its session id, its temp dir, what it was given."""
@@ -171,14 +178,16 @@ class LocalCluster:
         return {**self._env(), "RAY_ADDRESS": self.address, **extra}
 
     def _start(self, name: str, args: Callable[[], list[str]], timeout: float,
-               attempts: int = 3) -> Node:
+               attempts: int = 4) -> Node:
         """``ray start`` with ``args()``; a node that does not come up is stopped and retried.
 
-        A raylet waits a fixed 15 s for its Python agents to write their port files and aborts
-        the node when they are late (``Timed out waiting for file``), which happens when two
-        cores are shared with other work: the next attempt usually makes it.
+        A raylet waits a fixed 15 s (not configurable in Ray 2.60) for its dashboard agent to
+        write the port files it writes once all its modules are imported, and aborts the node
+        when they are late (``Timed out waiting for file``). Two cores shared with other work
+        make it late: every attempt first waits a while for the machine to calm down.
         """
         for attempt in range(1, attempts + 1):
+            _wait_for_calm()
             node = self._start_once(name, args(), timeout)
             if isinstance(node, Node):
                 return node
