@@ -41,13 +41,18 @@ def new_metrics(num_classes: int) -> dict[str, Accumulator]:
 
 def states_to_bytes(per_method: Mapping[str, Mapping[str, Accumulator]], rejects: int) -> bytes:
     """One shard's accumulators of every method, and its reject count, as safetensors bytes."""
+    return st_save(_state_arrays(per_method, rejects))
+
+
+def _state_arrays(per_method: Mapping[str, Mapping[str, Accumulator]],
+                  rejects: int) -> dict[str, np.ndarray]:
     arrays = {_REJECTS: np.array(rejects, np.int64)}
     for method, metrics in per_method.items():
         for name, acc in metrics.items():
             for key, value in acc.state_dict().items():
                 # 0-d config values must stay 0-d (np.ascontiguousarray would make them (1,)).
                 arrays[f"{method}/{name}/{key}"] = np.require(value, requirements="C")
-    return st_save(arrays)
+    return arrays
 
 
 def states_from_bytes(data: bytes) -> tuple[dict[str, dict[str, Accumulator]], int]:
@@ -94,8 +99,8 @@ class RunTotals:
 
     def to_bytes(self) -> bytes:
         """The merged states and the shards in them, as one safetensors payload."""
-        arrays = st_load(states_to_bytes(self.per_method, self.rejects))
-        return st_save(arrays, metadata={_SHARDS: json.dumps(sorted(self.shards))})
+        return st_save(_state_arrays(self.per_method, self.rejects),
+                       metadata={_SHARDS: json.dumps(sorted(self.shards))})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RunTotals:

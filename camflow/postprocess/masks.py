@@ -79,6 +79,11 @@ def top_channel(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _own_scores(cams, labels, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    return _checked_own(*_own_maps(cams, labels, image_id), image_id)
+
+
+def _own_maps(cams, labels, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """The maps of the classes in ``labels`` out of all classes' ``cams``, and their ids."""
     maps = as_numpy(cams, f"image {image_id!r}: cams")
     if maps.ndim != 3:
         raise BadInputError(
@@ -87,7 +92,7 @@ def _own_scores(cams, labels, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     if maps.shape[0] > IGNORE - 1:
         raise ValueError(f"at most {IGNORE - 1} classes fit a uint8 mask, got {maps.shape[0]}")
     own = class_ids(labels, num_classes=maps.shape[0], image_id=image_id)
-    return _checked_own(maps[own], own, image_id)
+    return maps[own], own
 
 
 def _checked_own(scores: np.ndarray, own: np.ndarray, image_id: str) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +123,9 @@ def pseudo_mask(
     ``crf`` (needs ``image``, uint8 RGB [H, W, 3]) refines the stacked scores before argmax.
     Inputs may be numpy arrays or torch tensors.
     """
-    scores, keys = _own_scores(cams, labels, image_id)
-    return _label_scores(scores, keys, background=background, threshold=threshold, alpha=alpha,
-                         image=image, crf=crf, image_id=image_id)
+    scores, own = _own_maps(cams, labels, image_id)
+    return pseudo_mask_of_classes(scores, own, background=background, threshold=threshold,
+                                  alpha=alpha, image=image, crf=crf, image_id=image_id)
 
 
 def pseudo_mask_of_classes(
@@ -145,13 +150,6 @@ def pseudo_mask_of_classes(
         raise BadInputError(f"image {image_id!r}: class ids must be distinct and >= 0, "
                             f"got {own.tolist()}", [image_id])
     scores, keys = _checked_own(maps, own, image_id)
-    return _label_scores(scores, keys, background=background, threshold=threshold, alpha=alpha,
-                         image=image, crf=crf, image_id=image_id)
-
-
-def _label_scores(scores: np.ndarray, keys: np.ndarray, *, background: Background,
-                  threshold: float, alpha: float, image, crf: CRFParams | None,
-                  image_id: str) -> np.ndarray:
     bg = background_score(scores, background=background, threshold=threshold, alpha=alpha)
     stacked = np.concatenate([bg[None], scores], axis=0)
     if crf is not None:
