@@ -27,7 +27,9 @@ $(UV):
 
 $(VENV)/.synced: $(UV) pyproject.toml $(LOCK)
 	$(UV) venv --allow-existing --quiet --python $(PYTHON) $(VENV)
-	$(UV) pip sync --python $(PY) --require-hashes $(LOCK)
+	# Bytecode now, once: where PYTHONDONTWRITEBYTECODE is set (as on CI), every Python process
+	# (each Ray worker, each test subprocess) would otherwise recompile torch on import.
+	$(UV) pip sync --python $(PY) --require-hashes --compile-bytecode $(LOCK)
 	# The project itself, editable; its build backend (hatchling) is in the lock.
 	$(UV) pip install --python $(PY) --no-deps --no-build-isolation --editable .
 	touch $@

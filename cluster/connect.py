@@ -50,8 +50,10 @@ class ClusterOptions:
 
     @property
     def distributed(self) -> bool:
-        """Whether training goes to Ray Train: a cluster, several workers or GPUs."""
-        return bool(self.address) or self.workers > 1 or bool(self.use_gpu)
+        """Whether training goes to Ray Train: a cluster (``address`` or ``RAY_ADDRESS``), several
+        workers or GPUs."""
+        joined = self.address or os.environ.get("RAY_ADDRESS")
+        return bool(joined) or self.workers > 1 or bool(self.use_gpu)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,9 @@ def prefect_harness():
     """One ephemeral Prefect API for the whole session."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # None: wait as long as PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS (set above) says; the
+    # harness's own default of 30 s ignores it, and a loaded 2-core machine can need more.
+    with prefect_test_harness(server_startup_timeout=None):
         yield
 
 

@@ -34,3 +34,16 @@ def test_worker_cpus_rejects_nonsense():
         worker_cpus(0)
     with pytest.raises(ValueError, match="cpus_per_worker"):
         worker_cpus(1, 0)
+
+
+def test_training_is_distributed_on_a_cluster_joined_through_ray_address(monkeypatch):
+    from cluster.connect import ClusterOptions
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ClusterOptions().distributed
+    assert ClusterOptions(workers=2).distributed and ClusterOptions(use_gpu=True).distributed
+    assert ClusterOptions(address="ray://head:10001").distributed
+    # A run joined through RAY_ADDRESS trains on the cluster even with one worker: the driver
+    # may be a small machine (or the head, which should only coordinate).
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert ClusterOptions().distributed

@@ -148,31 +148,49 @@ def test_interrupted_run_resumes_to_the_same_dataset(ray_session, dataset, tmp_p
     _check_exactly_once(store, dataset["manifest"])
 
 
-def _cam_worker_pids() -> list[int]:
-    pids = []
+def _busy_cam_worker() -> int | None:
+    """The pid of a CAM actor's process while it works on a shard, else None.
+
+    Ray titles an actor's process ``ray::MapWorker(MapBatches(CamWorker))`` while it waits and
+    appends ``.submit`` while it runs a shard.
+    """
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"CamWorker" in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
+                title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
             except OSError:
                 continue
-    return pids
+            if b"CamWorker" in title and title.endswith(b".submit"):
+                return int(entry.name)
+    return None
 
 
 def test_killed_cam_worker_is_replaced_and_nothing_is_doubled(ray_session, dataset, tmp_path):
-    killed = []
+    # The kill comes while the CAM actor is at work on a shard, so that shard must be redone by
+    # its replacement. (Killing it at the first commit instead was flaky: Ray Data lets an actor
+    # go once its input is done, and on a busy machine the one CAM actor had been through every
+    # shard before the first commit.)
+    killed: list[int] = []
+    stop = threading.Event()
 
-    def kill_once(row):
-        if not killed:
-            pids = _cam_worker_pids()
-            assert pids, "no CAM worker process found"
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
+    def kill_when_busy() -> None:
+        while not stop.is_set():
+            if (pid := _busy_cam_worker()) is not None:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.01)
 
-    result = run_generation(_job(str(tmp_path)), dataset["manifest"], CheckpointModel(dataset["ckpt"]),
-                            on_shard=kill_once)
-    assert killed and result.shards_total == 6
+    watcher = threading.Thread(target=kill_when_busy, daemon=True)
+    watcher.start()
+    try:
+        result = run_generation(_job(str(tmp_path)), dataset["manifest"],
+                                CheckpointModel(dataset["ckpt"]))
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the CAM actor was never seen at work on a shard"
+    assert result.shards_total == 6 and result.shards_skipped == 0
     _check_exactly_once(ShardStore(str(tmp_path), "r1"), dataset["manifest"])
 
 
