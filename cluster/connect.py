@@ -97,6 +97,28 @@ def connect(
     return info
 
 
+def cluster_hosts() -> int:
+    """How many machines the connected Ray's live nodes are on (nodes of one host count once)."""
+    return len({n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")})
+
+
+def local_output_warning(uri: str) -> str | None:
+    """What goes wrong with a local ``uri`` on a cluster of several machines, else None.
+
+    Workers write where they run: under a local path, each machine's outputs land on its own
+    disk, and the driver finds only its own. Fine on a file system that every machine mounts
+    at that path, which this cannot tell.
+    """
+    if "://" in uri and not uri.startswith("file://"):
+        return None
+    hosts = cluster_hosts() if ray.is_initialized() else 1
+    if hosts < 2:
+        return None
+    return (f"output {uri!r} is a local path, but the Ray cluster spans {hosts} machines: "
+            "each one writes its shards to its own disk unless the path is on a file system "
+            "that all of them mount. Use object storage (s3://...) for cluster runs.")
+
+
 def actor_options(
     *, use_gpu: bool | None = None, gpu_fraction: float = 1.0, num_cpus: float = 1.0
 ) -> dict[str, Any]:

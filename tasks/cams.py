@@ -63,7 +63,7 @@ def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared
                   shard_size: int = 64, label: str | None = None) -> dict[str, Any]:
     """Seeds, masks and boxes of ``split`` for every method of ``cams``, in shards."""
     log = get_run_logger()
-    ray_for(cluster)
+    ray_for(cluster, output=run_dir)  # the finishers write the shards where they run
     options = GenerateOptions(num_classes=prepared["num_classes"], image_size=image_size,
                               cam=cams, mask=mask, box=box)
     job = GenerationJob(output=storage.join(run_dir, "outputs"), run_id=label or f"p{proportion:g}",

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from cluster.connect import ClusterInfo, ClusterOptions, connect, runs_with_room
+from cluster.connect import (
+    ClusterInfo,
+    ClusterOptions,
+    connect,
+    local_output_warning,
+    runs_with_room,
+)
 
 # A rerun with the same inputs and the same task code reuses the finished stage's result.
 CACHED: dict[str, Any] = {
@@ -20,9 +27,13 @@ CACHED: dict[str, Any] = {
 RETRIED: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [5, 30]}
 
 
-def ray_for(cluster: ClusterOptions) -> ClusterInfo:
-    """Join the configured Ray cluster, or start the local one, once per process."""
-    return connect(cluster.address, dashboard=cluster.dashboard)
+def ray_for(cluster: ClusterOptions, output: str | None = None) -> ClusterInfo:
+    """Join the configured Ray cluster, or start the local one, once per process; warn when
+    the workers are to write to ``output`` and it is a local path on a multi-machine cluster."""
+    info = connect(cluster.address, dashboard=cluster.dashboard)
+    if output is not None and (warning := local_output_warning(output)):
+        logging.getLogger("camflow.cluster").warning(warning)
+    return info
 
 
 def concurrent_runs(cluster: ClusterOptions, runs: int, requested: int | None) -> int:

@@ -30,7 +30,7 @@ def _fit(config: TrainConfig, prepared: dict[str, Any], out: str,
     train_ds, val_ds = _datasets(config, prepared)
     started = time.monotonic()
     if cluster.distributed:
-        ray_for(cluster)
+        ray_for(cluster, output=out)  # rank 0 writes the checkpoint where it runs
         result = train_distributed(config, train_ds, val_ds, out_uri=out,
                                    classes=prepared["classes"], num_workers=cluster.workers,
                                    use_gpu=cluster.use_gpu,

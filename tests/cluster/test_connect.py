@@ -47,3 +47,22 @@ def test_training_is_distributed_on_a_cluster_joined_through_ray_address(monkeyp
     # may be a small machine (or the head, which should only coordinate).
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     assert ClusterOptions().distributed
+
+
+def test_a_local_output_on_a_cluster_of_several_machines_is_warned_about(monkeypatch):
+    import cluster.connect as connect_module
+    from cluster.connect import local_output_warning
+
+    def nodes_on(*hosts):
+        return lambda: [{"Alive": True, "NodeManagerAddress": h} for h in hosts] + [
+            {"Alive": False, "NodeManagerAddress": "10.0.0.99"}]
+
+    monkeypatch.setattr(connect_module.ray, "is_initialized", lambda: True)
+    # Two nodes of one machine (as in tests/cluster/test_multinode.py) share its disk.
+    monkeypatch.setattr(connect_module.ray, "nodes", nodes_on("10.0.0.1", "10.0.0.1"))
+    assert local_output_warning("/data/runs/a") is None
+    monkeypatch.setattr(connect_module.ray, "nodes", nodes_on("10.0.0.1", "10.0.0.2"))
+    for local in ("/data/runs/a", "runs/a", "file:///data/runs/a"):
+        warning = local_output_warning(local)
+        assert warning and local in warning and "2 machines" in warning
+    assert local_output_warning("s3://bucket/runs/a") is None
