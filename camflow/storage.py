@@ -3,7 +3,8 @@
 Object-store settings come from the environment (or explicit ``storage_options``), never from code:
 
 - ``CAMFLOW_S3_ENDPOINT`` (or ``AWS_ENDPOINT_URL``): an S3-compatible endpoint such as MinIO;
-- the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_REGION`` that botocore reads itself.
+- the usual ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (with ``AWS_SESSION_TOKEN`` for
+  temporary credentials) / ``AWS_REGION`` that botocore reads itself.
 
 Credentials are never logged: use :func:`redact` on anything that might carry them.
 
@@ -166,6 +167,9 @@ def options_for(uri: str, env: Mapping[str, str] | None = None) -> dict[str, Any
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         options["key"] = env["AWS_ACCESS_KEY_ID"]
         options["secret"] = env["AWS_SECRET_ACCESS_KEY"]
+        # Temporary credentials (SSO, STS, an assumed role) are refused without their token.
+        if env.get("AWS_SESSION_TOKEN"):
+            options["token"] = env["AWS_SESSION_TOKEN"]
     return options
 
 

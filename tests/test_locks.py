@@ -118,5 +118,5 @@ def test_locked_torch_is_a_cuda_build_on_linux() -> None:
 def test_the_makefile_installs_the_lock_with_hashes() -> None:
     text = (ROOT / "Makefile").read_text()
     assert "LOCK := locks/dev.txt" in text
-    assert "pip sync --python $(PY) --require-hashes $(LOCK)" in text
+    assert "pip sync --python $(PY) --require-hashes --compile-bytecode $(LOCK)" in text
     assert "--no-deps" in text and "uv sync" not in text

@@ -58,6 +58,12 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[3])
 
 
+def session_pids(sid: int) -> list[int]:
+    """Every live process of the process session ``sid``."""
+    return [int(name) for name in os.listdir("/proc")
+            if name.isdigit() and (stat := _stat(int(name))) and stat[1] == sid and stat[0] != "Z"]
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -84,12 +90,7 @@ class Node:
 
     def pids(self) -> list[int]:
         """Every live process of this node (its session)."""
-        pids = []
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (stat := _stat(int(name))) and stat[1] == self.sid \
-                    and stat[0] != "Z":
-                pids.append(int(name))
-        return pids
+        return session_pids(self.sid)
 
     def processes(self) -> dict[int, str]:
         """pid -> command line (see :class:`NodeWatch` for what Ray makes of a worker's)."""

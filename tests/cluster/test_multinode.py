@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.multinode import LocalCluster, NodeWatch, free_port
+from tests.cluster.multinode import LocalCluster, NodeWatch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
-VAL_IMAGES = 24
+VAL_IMAGES = 12
 SHARD_SIZE = 1
 SHARDS = VAL_IMAGES // SHARD_SIZE
 METHODS = ("cam", "layercam")
@@ -58,29 +58,11 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A Prefect API server of this module's own, for the camflow drivers (subprocesses).
+def prefect_api(prefect_harness):
+    """The session's Prefect API, for the camflow drivers (subprocesses)."""
+    from prefect.settings import PREFECT_API_URL
 
-    Not the session's ``prefect_harness``: ``prefect_test_harness()`` gives its server 30 s to
-    start whatever PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says, too few on two busy
-    cores (seen failing here), and its failure would fail every later test that uses it.
-    """
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
-
-    db = tmp_path_factory.mktemp("multinode-prefect") / "prefect.db"
-    with temporary_settings(updates={PREFECT_SERVER_DATABASE_CONNECTION_URL:
-                                     f"sqlite+aiosqlite:///{db}"}):
-        server = SubprocessASGIServer(port=free_port())
-        try:
-            server.start(timeout=300)
-        except BaseException:
-            server.stop()
-            raise
-    try:
-        yield server.api_url
-    finally:
-        server.stop()
+    return PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="module")

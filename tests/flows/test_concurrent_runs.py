@@ -37,10 +37,10 @@ def test_a_sweep_trains_its_runs_concurrently(tmp_path, prefect_harness, ray_ses
     from flows.pipeline import sweep
 
     config = {"name": "conc", "output": str(tmp_path), "run_id": "c1",
-              "data": {"embedded_train": 40, "embedded_val": 16, "image_size": 64},
+              "data": {"embedded_train": 24, "embedded_val": 10, "image_size": 64},
               "model": {"pretrained": False},
               "train": {"epochs": 1, "batch_size": 8},
-              "cams": {"scales": [1.0], "flip": False, "shard_size": 8, "methods": ["cam"]},
+              "cams": {"scales": [1.0], "flip": False, "shard_size": 5, "methods": ["cam"]},
               "sweep": {"proportions": [0.5, 1.0], "seeds": [0], "concurrent": 2}}
     state = sweep(config, return_state=True)
     assert state.is_completed()
