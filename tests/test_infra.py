@@ -70,6 +70,9 @@ def ray_cluster_problems(cfg: dict[str, Any]) -> list[str]:
     types = cfg["available_node_types"]
     if cfg["head_node_type"] not in types:
         problems.append("head_node_type is not one of available_node_types")
+    elif types[cfg["head_node_type"]].get("resources", {}).get("CPU") != 0:
+        # Else the head takes work: Ray schedules the zero-CPU decode and commit pools anywhere.
+        problems.append("the head advertises CPUs: its resources need CPU: 0")
     if cfg["provider"].get("type") != "aws":
         problems.append("provider.type should be aws")
     gpu_types = {name: t for name, t in types.items()
@@ -137,11 +140,12 @@ def kuberay_problems(doc: dict[str, Any]) -> list[str]:
                 problems.append(f"{group}: {env['name']} is a literal; use a Secret")
         for probe in ("readinessProbe", "livenessProbe"):
             command = " ".join(ray_container.get(probe, {}).get("exec", {}).get("command", []))
-            host = re.search(r"--address\s+([\w.-]+):6379", command)
-            if not host:
-                problems.append(f"{group}: {probe} must check Ray's GCS")
-            elif group != "head" and host.group(1) != f"{name}-head-svc":
-                problems.append(f"{group}: {probe} names {host.group(1)}, not {name}-head-svc")
+            # KubeRay's default probes check the pod's own Ray; a probe that asks the head
+            # restarts every worker when the head is down, and misses a dead local raylet.
+            if group != "head" and (f"{name}-head-svc" in command or "--address" in command):
+                problems.append(f"{group}: {probe} checks the head, not this pod's Ray")
+    if head and (head.get("rayStartParams") or {}).get("num-cpus") != "0":
+        problems.append("head: rayStartParams needs num-cpus: \"0\" (the head only coordinates)")
     gpu_groups = [w for w in workers
                   if gpu_count(w["template"]["spec"]["containers"][0].get("resources", {})
                                .get("limits", {}).get("nvidia.com/gpu")) >= 1]
@@ -579,6 +583,21 @@ def _drop(doc: dict[str, Any], dotted: str) -> dict[str, Any]:
                                  "docker.run_options", "provider"])
 def test_ray_validator_catches(ray_cfg, key):
     assert ray_cluster_problems(_drop(ray_cfg, key))
+
+
+def test_validators_catch_a_head_that_takes_work(ray_cfg, kuberay_doc):
+    working = copy.deepcopy(ray_cfg)
+    working["available_node_types"]["head"]["resources"] = {}
+    assert any("head advertises CPUs" in p for p in ray_cluster_problems(working))
+    assert any("num-cpus" in p for p in kuberay_problems(
+        _drop(kuberay_doc, "spec.headGroupSpec.rayStartParams.num-cpus")))
+
+
+def test_kuberay_validator_catches_a_worker_probe_that_asks_the_head(kuberay_doc):
+    probed = copy.deepcopy(kuberay_doc)
+    probed["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["livenessProbe"] = {
+        "exec": {"command": ["bash", "-c", "ray health-check --address camflow-head-svc:6379"]}}
+    assert any("checks the head" in p for p in kuberay_problems(probed))
 
 
 def test_ray_schema_catches_unknown_key(ray_cfg):
