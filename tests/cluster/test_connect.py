@@ -66,3 +66,11 @@ def test_a_local_output_on_a_cluster_of_several_machines_is_warned_about(monkeyp
         warning = local_output_warning(local)
         assert warning and local in warning and "2 machines" in warning
     assert local_output_warning("s3://bucket/runs/a") is None
+
+
+def test_io_pools_default_to_the_cpus_the_cam_workers_leave_free():
+    from cluster.generate import io_pool_size
+
+    assert io_pool_size(2, workers=1, cpus_per_worker=2) == 1  # this machine: never zero
+    assert io_pool_size(2, workers=2, cpus_per_worker=1) == 1
+    assert io_pool_size(64, workers=8, cpus_per_worker=3) == 40  # 8 GPU workers on 64 CPUs
