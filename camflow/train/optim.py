@@ -47,9 +47,12 @@ def build_scheduler(
     """A scheduler stepped once per optimiser step over ``epochs * steps_per_epoch`` steps."""
     total = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
+        # OneCycleLR divides by its warm-up's length, pct_start * total - 1 steps: zero (and a
+        # ZeroDivisionError) for a 4-step run at 0.25, as a small subset trains for.
+        pct_start = 0.25 if total != 4 else 0.3
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total, pct_start=0.25,
+            total_steps=total, pct_start=pct_start,
             div_factor=25.0, final_div_factor=1e3,
         )
     warmup = int(round(config.warmup_epochs * steps_per_epoch))

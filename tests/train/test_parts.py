@@ -75,6 +75,19 @@ def test_schedules_decay_to_almost_nothing(schedule) -> None:
     assert optimizer.param_groups[1]["weight_decay"] == 0.0  # biases are not decayed
 
 
+@pytest.mark.parametrize("schedule", ["poly", "cosine", "onecycle"])
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_schedules_run_through_the_few_steps_of_a_tiny_subset(schedule, steps) -> None:
+    # A 4-step onecycle run used to raise ZeroDivisionError inside torch's OneCycleLR.
+    config = TrainConfig(schedule=schedule, epochs=1, lr=0.1, warmup_epochs=0.5)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), config)
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch=steps)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+        assert 0 <= optimizer.param_groups[0]["lr"] <= 0.1 + 1e-9
+
+
 def test_transforms_give_normalised_tensors_of_the_requested_size() -> None:
     image = Image.fromarray(np.tile(np.array([124, 116, 104], dtype=np.uint8), (50, 70, 1)))
     torch.manual_seed(0)
