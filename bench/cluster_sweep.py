@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,16 +26,18 @@ sys.path.insert(0, str(ROOT))
 from tests.cluster.multinode import LocalCluster, free_port  # noqa: E402
 
 
-def _task_runs(api: str, flow_name: str) -> list:
+def _train_runs(api: str) -> list:
+    """The train-classifier task runs recorded by the Prefect API at ``api``."""
     from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     async def read():
         async with get_client() as client:
             runs = await client.read_task_runs()
             return [r for r in runs if r.name.startswith("train-classifier")]
 
-    os.environ["PREFECT_API_URL"] = api
-    return asyncio.run(read())
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        return asyncio.run(read())
 
 
 def main() -> int:
@@ -78,7 +79,7 @@ def main() -> int:
         if rc != 0:
             print(log.read_text()[-4000:])
             return 1
-        trains = sorted(_task_runs(server.api_url, "sweep"), key=lambda r: r.start_time)
+        trains = sorted(_train_runs(server.api_url), key=lambda r: r.start_time)
         for r in trains:
             print(f"  {r.name:<32} {r.start_time:%H:%M:%S.%f} -> {r.end_time:%H:%M:%S.%f} "
                   f"({r.total_run_time.total_seconds():.1f} s)")
