@@ -24,7 +24,9 @@ from camflow.train import TrainConfig, TrainResult
 from camflow.train.loop import BEST_CHECKPOINT, HISTORY, Runtime, train
 from cluster.connect import torch_threads_for, worker_cpus
 
-__all__ = ["train_distributed"]
+__all__ = ["MAX_FAILURES", "train_distributed"]
+
+MAX_FAILURES = 3  # worker-group restarts a training survives (each resumes from its last epoch)
 
 
 def _plain(record: dict[str, Any]) -> dict[str, Any]:
@@ -70,8 +72,12 @@ def train_distributed(
     use_gpu: bool | None = None,
     cpus_per_worker: float | None = None,
     storage_options: dict[str, Any] | None = None,
+    max_failures: int = MAX_FAILURES,
 ) -> TrainResult:
     """Train with Ray Train's TorchTrainer (DDP over ``num_workers``); same result as ``train``.
+
+    Up to ``max_failures`` lost workers are survived: the group restarts and goes on after the
+    last finished epoch.
 
     ``use_gpu=None`` uses GPUs when the Ray cluster has any. Datasets are shipped to the workers
     with the loop config, so they must be picklable by Ray (ManifestDataset is). ``step_losses`` of
@@ -107,6 +113,9 @@ def train_distributed(
             name="camflow-train",
             # Only metrics go through Ray; checkpoints are written by rank 0 to out_uri.
             storage_path=tempfile.mkdtemp(prefix="camflow-ray-train-"),
+            # A lost worker (a node gone) restarts the worker group, whose loop resumes after
+            # the last epoch whose state rank 0 saved in out_uri (camflow.train.resume).
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
         ),
     )
     result = trainer.fit()

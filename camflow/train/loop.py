@@ -38,6 +38,7 @@ from camflow.train.data import (
 from camflow.train.metrics import classification_metrics
 from camflow.train.objective import Objective
 from camflow.train.optim import build_optimizer, build_scheduler
+from camflow.train.resume import clear_state, fast_forward, load_state, save_state
 
 __all__ = ["BEST_CHECKPOINT", "Runtime", "TrainResult", "evaluate", "seed_everything", "train"]
 
@@ -271,7 +272,8 @@ def train(
         val_dataset, config, shuffle=False, batch_size=config.eval_batch_size or 2 * config.batch_size
     )
     optimizer = build_optimizer(objective, config)
-    scheduler = build_scheduler(optimizer, config, max(1, len(train_loader)))
+    steps_per_epoch = max(1, len(train_loader))
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     scaler = torch.amp.GradScaler("cuda") if config.amp and device.type == "cuda" else None
 
     checkpoint_uri = storage.join(out_uri, BEST_CHECKPOINT)
@@ -287,11 +289,24 @@ def train(
     step_losses: list[float] = []
     rejects: list[tuple[str, str]] = []
     best_epoch, best_metrics, best_map = -1, {}, -1.0
+    start_epoch = 0
+    # A retry of this run (same config and data) goes on after its last epoch done.
+    progress = load_state(out_uri, model, optimizer, meta_base, storage_options)
+    if progress is not None:
+        start_epoch = progress["epochs_done"]
+        history, step_losses = progress["history"], progress["step_losses"]
+        rejects = [tuple(r) for r in progress["rejects"]]
+        best_epoch, best_metrics, best_map = (progress["best_epoch"], progress["best_metrics"],
+                                              progress["best_map"])
+        fast_forward(scheduler, start_epoch * steps_per_epoch)
+        seed_everything(config.seed + start_epoch)
+        log.info("resuming after epoch %d of %d (saved state in %s)", start_epoch - 1,
+                 config.epochs, storage.redact(out_uri))
     log.info("training %s/%s on %d images (proportion %g), %d epochs, device %s, rank %d/%d",
              config.model, config.head, len(indices), config.proportion, config.epochs, device,
              runtime.rank, runtime.world_size)
 
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
         sampler = getattr(train_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
@@ -328,6 +343,11 @@ def train(
         elif runtime.is_chief:
             log.info("epoch %d: loss %.4f  (%.1fs)", epoch, record["train_loss"], record["epoch_s"])
         history.append(record)
+        if runtime.is_chief and epoch < config.epochs - 1:
+            save_state(out_uri, model, optimizer, {
+                "epochs_done": epoch + 1, "history": history, "step_losses": step_losses,
+                "rejects": rejects, "best_epoch": best_epoch, "best_metrics": best_metrics,
+                "best_map": best_map}, meta_base, storage_options)
         if runtime.report is not None:
             runtime.report(record)
 
@@ -338,6 +358,7 @@ def train(
                    "rejects": sorted(dict(rejects).items()), **meta_base}
         storage.write_bytes(json.dumps(summary, indent=1, default=float).encode(),
                             storage.join(out_uri, HISTORY), storage_options)
+        clear_state(out_uri, storage_options)
     for image_id, reason in dict(rejects).items():
         log.warning("skipped image %s: %s", image_id, reason)
     return TrainResult(
