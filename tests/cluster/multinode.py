@@ -71,6 +71,21 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def pids_titled(part: bytes, suffix: bytes = b"") -> list[int]:
+    """Processes on this machine whose title (Ray's ``ray::<actor>[.<method>]``) holds ``part``
+    and ends with ``suffix``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                title = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0", 1)[0]
+            except OSError:
+                continue
+            if part in title and title.endswith(suffix):
+                pids.append(int(name))
+    return pids
+
+
 def _wait_for_calm(limit: float = 60.0) -> None:
     """Wait (at most ``limit`` s) while the machine runs more than two processes per core."""
     deadline = time.monotonic() + limit

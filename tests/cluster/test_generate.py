@@ -21,6 +21,7 @@ from camflow.models import build, save_checkpoint
 from camflow.options import CamOptions, GenerateOptions
 from camflow.shards import RunInUseError, ShardStore, table_digest
 from cluster.generate import CheckpointModel, GenerationJob, calibrate_bg_thresholds, run_generation
+from tests.cluster.multinode import pids_titled
 
 pytestmark = pytest.mark.slow
 
@@ -154,15 +155,8 @@ def _busy_cam_worker() -> int | None:
     Ray titles an actor's process ``ray::MapWorker(MapBatches(CamWorker))`` while it waits and
     appends ``.submit`` while it runs a shard.
     """
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
-            except OSError:
-                continue
-            if b"CamWorker" in title and title.endswith(b".submit"):
-                return int(entry.name)
-    return None
+    pids = pids_titled(b"CamWorker", b".submit")
+    return pids[0] if pids else None
 
 
 def test_killed_cam_worker_is_replaced_and_nothing_is_doubled(ray_session, dataset, tmp_path):

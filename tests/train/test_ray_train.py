@@ -8,6 +8,7 @@ import torch
 
 from camflow.models import load_checkpoint
 from camflow.train import TrainConfig
+from tests.cluster.multinode import pids_titled
 
 
 @pytest.mark.slow
@@ -29,21 +30,6 @@ def test_two_cpu_workers_learn_and_write_a_loadable_checkpoint(ray_session, tmp_
     assert "module." not in "".join(model.state_dict())
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
-
-
-def _train_worker_pids() -> list[int]:
-    from pathlib import Path
-
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0]
-            except OSError:
-                continue
-            if b"RayTrainWorker" in title:
-                pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.slow
@@ -70,7 +56,7 @@ def test_a_killed_training_worker_is_replaced_and_training_resumes(ray_session, 
 
     def kill_after_the_first_epoch() -> None:
         while not stop.is_set():
-            if state.exists() and (pids := _train_worker_pids()):
+            if state.exists() and (pids := pids_titled(b"RayTrainWorker")):
                 with safe_open(str(state), "pt") as f:
                     killed["history"] = json.loads(f.metadata()["progress"])["history"]
                 os.kill(pids[0], signal.SIGKILL)
