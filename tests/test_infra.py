@@ -130,8 +130,13 @@ def kuberay_problems(doc: dict[str, Any]) -> list[str]:
             problems.append(f"{group}: no containers")
             continue
         ray_container = containers[0]
-        if not str(ray_container.get("image", "")).endswith(IMAGE_SUFFIX):
+        # tag[@digest]: a pinned digest may follow the tag.
+        if not str(ray_container.get("image", "")).split("@", 1)[0].endswith(IMAGE_SUFFIX):
             problems.append(f"{group}: image is not the camflow image ({IMAGE_SUFFIX})")
+        if "@sha256:" not in str(ray_container.get("image", "")) and \
+                ray_container.get("imagePullPolicy") != "Always":
+            problems.append(f"{group}: a mutable tag needs imagePullPolicy: Always (or pin the "
+                            "image by digest)")
         secrets = [e.get("secretRef", {}).get("name") for e in ray_container.get("envFrom", [])]
         if not any(secrets):
             problems.append(f"{group}: S3 settings must come from a Secret (envFrom.secretRef)")
@@ -591,6 +596,15 @@ def test_validators_catch_a_head_that_takes_work(ray_cfg, kuberay_doc):
     assert any("head advertises CPUs" in p for p in ray_cluster_problems(working))
     assert any("num-cpus" in p for p in kuberay_problems(
         _drop(kuberay_doc, "spec.headGroupSpec.rayStartParams.num-cpus")))
+
+
+def test_kuberay_validator_catches_a_stale_image_policy(kuberay_doc):
+    stale = copy.deepcopy(kuberay_doc)
+    container = stale["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    container["imagePullPolicy"] = "IfNotPresent"
+    assert any("imagePullPolicy" in p for p in kuberay_problems(stale))
+    container["image"] = f"registry.example/camflow:{VERSION}@sha256:{'0' * 64}"  # pinned
+    assert not kuberay_problems(stale)
 
 
 def test_kuberay_validator_catches_a_worker_probe_that_asks_the_head(kuberay_doc):
