@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.cluster.multinode import LocalCluster, free_port  # noqa: E402
+from tests.cluster.multinode import LocalCluster, camflow_command, free_port  # noqa: E402
 
 
 def _train_runs(api: str) -> list:
@@ -65,10 +65,7 @@ def main() -> int:
                 "sweep.proportions": "[0.5,1.0]", "sweep.seeds": "[0]",
                 "cams.scales": "[1.0]", "cams.flip": "false", "cams.methods": "[cam]",
                 "postprocess.mask.bg_threshold": 0.5}
-        cmd = [sys.executable, "-m", "flows.cli", "sweep", "--output", str(work / "runs"),
-               "--run-id", "s1"]
-        for key, value in sets.items():
-            cmd += ["--set", f"{key}={value}"]
+        cmd = camflow_command("sweep", work / "runs", "s1", sets)
         env = cluster.driver_env(PREFECT_API_URL=server.api_url, PYTHONUNBUFFERED="1")
         started = time.monotonic()
         log = work / "sweep.log"

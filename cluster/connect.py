@@ -24,8 +24,8 @@ class ClusterOptions:
     GPUs when the cluster has them. ``cpus_per_worker`` None: a one-node Ray's CPUs shared among
     the ``workers``, 1 on a multi-node cluster (see :func:`worker_cpus`). ``decoders`` and
     ``finishers``: the most actors that decode images and post-process and commit shards at
-    once (autoscaled from one; None: the CPUs the CAM workers leave free, at least one). ``dashboard``: Ray's dashboard
-    with a local Ray (port 8265).
+    once (autoscaled from one; None: the CPUs the CAM workers leave free, at least one).
+    ``dashboard``: Ray's dashboard with a local Ray (port 8265).
     """
 
     address: str | None = None

@@ -57,6 +57,22 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def embedded_checkpoint(tmp_path_factory):
+    """A seeded, untrained resnet18 checkpoint for the embedded benchmark's classes: runs that
+    start from it instead of training are deterministic from there on."""
+    import torch
+
+    from camflow.data import embedded
+    from camflow.models import build, save_checkpoint
+
+    torch.manual_seed(0)
+    uri = str(tmp_path_factory.mktemp("embedded-model") / "model.safetensors")
+    save_checkpoint(build("resnet18", len(embedded.CLASSES)), uri,
+                    {"classes": list(embedded.CLASSES)})
+    return uri
+
+
 def _free_port() -> int:
     import socket
 

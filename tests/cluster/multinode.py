@@ -86,6 +86,15 @@ def pids_titled(part: bytes, suffix: bytes = b"") -> list[int]:
     return pids
 
 
+def camflow_command(command: str, output: str | Path, run_id: str,
+                    sets: dict[str, Any]) -> list[str]:
+    """``camflow COMMAND --output OUTPUT --run-id RUN_ID --set KEY=VALUE ...`` in this venv."""
+    args = [sys.executable, "-m", "flows.cli", command, "--output", str(output), "--run-id", run_id]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
 def _wait_for_calm(limit: float = 60.0) -> None:
     """Wait (at most ``limit`` s) while the machine runs more than two processes per core."""
     deadline = time.monotonic() + limit

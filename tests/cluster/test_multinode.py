@@ -24,13 +24,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.multinode import LocalCluster, NodeWatch
+from tests.cluster.multinode import LocalCluster, NodeWatch, camflow_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -66,20 +65,6 @@ def prefect_api(prefect_harness):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import torch
-
-    from camflow.data import embedded
-    from camflow.models import build, save_checkpoint
-
-    torch.manual_seed(0)
-    uri = str(tmp_path_factory.mktemp("multinode-model") / "model.safetensors")
-    save_checkpoint(build("resnet18", len(embedded.CLASSES)), uri,
-                    {"classes": list(embedded.CLASSES)})
-    return uri
-
-
-@pytest.fixture(scope="module")
 def output(tmp_path_factory):
     """One output root for both runs: the embedded benchmark is built once, under data/."""
     return tmp_path_factory.mktemp("multinode-runs")
@@ -102,10 +87,7 @@ def camflow_args(run_id: str, output: Path, checkpoint: str) -> list[str]:
         # the run finishes later, but it finishes.
         "cluster.workers": 2,
     }
-    args = [sys.executable, "-m", "flows.cli", "run", "--output", str(output), "--run-id", run_id]
-    for key, value in sets.items():
-        args += ["--set", f"{key}={value}"]
-    return args
+    return camflow_command("run", output, run_id, sets)
 
 
 def run_camflow(cluster: LocalCluster, api: str, args: list[str], log: Path, *, poll=None) -> int:
@@ -166,10 +148,10 @@ def _metrics(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run_a(cluster, prefect_api, checkpoint, output):
+def run_a(cluster, prefect_api, embedded_checkpoint, output):
     watch = NodeWatch(cluster.nodes[1])
     log = output / "a.log"
-    rc = run_camflow(cluster, prefect_api, camflow_args("a", output, checkpoint), log,
+    rc = run_camflow(cluster, prefect_api, camflow_args("a", output, embedded_checkpoint), log,
                      poll=watch.sample)
     return {"rc": rc, "log": log, "run_dir": output / "a", "watch": watch}
 
@@ -184,7 +166,7 @@ def test_a_run_joins_the_cluster_and_uses_the_worker_node(cluster, run_a):
 
 
 def test_b_run_survives_losing_the_worker_node_mid_generation(cluster, prefect_api, run_a,
-                                                             checkpoint, output):
+                                                             embedded_checkpoint, output):
     assert run_a["rc"] == 0, "test B compares with run A, which failed"
     worker = cluster.nodes[1]
     watch = NodeWatch(worker)
@@ -206,7 +188,7 @@ def test_b_run_survives_losing_the_worker_node_mid_generation(cluster, prefect_a
             kill.update(committed=done, worker_cam_busy=busy, titles=sorted(watch.titles))
 
     log = output / "b.log"
-    rc = run_camflow(cluster, prefect_api, camflow_args("b", output, checkpoint), log,
+    rc = run_camflow(cluster, prefect_api, camflow_args("b", output, embedded_checkpoint), log,
                      poll=kill_mid_generation)
     (output / "b-kill.json").write_text(json.dumps(kill))  # what the kill hit, for a post-mortem
     assert rc == 0, log.read_text()[-4000:]

@@ -17,13 +17,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.multinode import session_pids
+from tests.cluster.multinode import camflow_command, session_pids
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -53,36 +52,19 @@ def _markers(run_dir: Path) -> dict[str, int]:
         return {}
 
 
-@pytest.fixture()
-def checkpoint(tmp_path):
-    import torch
-
-    from camflow.data import embedded
-    from camflow.models import build, save_checkpoint
-
-    torch.manual_seed(0)
-    uri = str(tmp_path / "model.safetensors")
-    save_checkpoint(build("resnet18", len(embedded.CLASSES)), uri,
-                    {"classes": list(embedded.CLASSES)})
-    return uri
-
-
 def test_a_rerun_right_after_the_driver_is_killed_takes_over_and_finishes(
-        tmp_path, prefect_harness, checkpoint):
+        tmp_path, prefect_harness, embedded_checkpoint):
     from prefect.settings import PREFECT_API_URL
 
     sets = {
         "name": "crash",
         "data.embedded_train": 10, "data.embedded_val": VAL_IMAGES, "data.image_size": 64,
-        "model.pretrained": "false", "model.checkpoint": checkpoint,
+        "model.pretrained": "false", "model.checkpoint": embedded_checkpoint,
         "train.proportions": "[1.0]",
         "cams.scales": "[1.0]", "cams.flip": "false", "cams.shard_size": SHARD_SIZE,
         "cams.methods": "[cam]", "postprocess.mask.bg_threshold": 0.5,
     }
-    args = [sys.executable, "-m", "flows.cli", "run", "--output", str(tmp_path / "runs"),
-            "--run-id", "r1"]
-    for key, value in sets.items():
-        args += ["--set", f"{key}={value}"]
+    args = camflow_command("run", tmp_path / "runs", "r1", sets)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(PREFECT_API_URL=PREFECT_API_URL.value(), PYTHONUNBUFFERED="1")
     run_dir = tmp_path / "runs" / "r1"
