@@ -1,4 +1,4 @@
-"""The ``camflow`` command: run, sweep, pretrain, serve, show, config.
+"""The ``camflow`` command: run, sweep, submit, pretrain, serve, show, config.
 
 User mistakes (a bad config key, a missing dataset or run) end in one line and a hint, exit 2;
 anything else is a bug and keeps its traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,6 +64,57 @@ def cmd_run(args: argparse.Namespace, *, flow_name: str = "pipeline") -> int:
     print(result["report"])
     print(result["run_dir"])
     return 0
+
+
+# Settings of this shell that a submitted run takes along: where its flow runs are recorded.
+SUBMITTED_ENV = ("PREFECT_API_URL",)
+
+
+def cluster_paths(cfg: RunConfig) -> list[str]:
+    """Problems with the local paths of ``cfg`` as seen from a cluster's job: a relative path
+    would resolve inside the job's temporary working directory there."""
+    paths = {"output": cfg.output, "data.root": cfg.data.root, "model.checkpoint":
+             cfg.model.checkpoint, "model.pretrained": cfg.model.pretrained}
+    return [f"{key}: {value} is a relative path" for key, value in paths.items()
+            if isinstance(value, str) and value and "://" not in value
+            and value not in ("imagenet", "embedded") and not Path(value).is_absolute()]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster.jobs import submit_run
+    from flows.pipeline import new_run_id
+
+    cfg = _config(args)
+    if problems := cluster_paths(cfg):
+        raise UserError(f"{'; '.join(problems)}, but the run is to go on the cluster",
+                        "give absolute paths that the cluster's machines see, or s3:// URIs")
+    run_id = cfg.run_id or new_run_id(cfg.name)
+    env = {key: os.environ[key] for key in SUBMITTED_ENV if os.environ.get(key)}
+    for pair in args.env:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--env {pair!r} is not KEY=VALUE", "e.g. --env CAMFLOW_CACHE=/data")
+        env[key] = value
+    config_yaml = dump_config(cfg.model_copy(update={"run_id": run_id}))
+    try:
+        submitted = submit_run(args.address, command="sweep" if args.sweep else "run",
+                               config_yaml=config_yaml, run_id=run_id, name=cfg.name, env=env)
+    except ConnectionError as err:
+        raise UserError(f"no Ray Jobs API at {args.address or 'the default address'}: {err}",
+                        "pass --address http://HEAD:8265 (the head's dashboard port)") from err
+    except RuntimeError as err:
+        raise UserError(str(err), "`ray job list` shows the cluster's jobs") from err
+    print(f"submitted run {submitted.run_id} as Ray job {submitted.submission_id}")
+    for command in submitted.commands():
+        print(f"  {command}")
+    if not args.wait:
+        return 0
+    from cluster.jobs import wait_for_job
+
+    outcome = wait_for_job(submitted.address, submitted.submission_id,
+                           on_status=lambda status: print(f"job {status}", flush=True))
+    print(outcome.logs, end="")
+    return 0 if outcome.status == "SUCCEEDED" else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -163,6 +215,16 @@ def parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser("run", help="run the pipeline once")).set_defaults(func=cmd_run)
     with_config(sub.add_parser("sweep", help="proportions x methods comparison")).set_defaults(
         func=lambda a: cmd_run(a, flow_name="sweep"))
+    submit = with_config(sub.add_parser(
+        "submit", help="run on a Ray cluster as a Ray job: returns at once, the run goes on there"))
+    submit.add_argument("--address", help="the head's Jobs API, http://HEAD:8265 (default: "
+                        "RAY_API_SERVER_ADDRESS, then RAY_ADDRESS)")
+    submit.add_argument("--sweep", action="store_true", help="the sweep instead of one run")
+    submit.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable of the run (PREFECT_API_URL goes along)")
+    submit.add_argument("--wait", action="store_true",
+                        help="wait for the run to end, then print its log; exit 1 if it failed")
+    submit.set_defaults(func=cmd_submit)
     pretrain = with_config(sub.add_parser(
         "pretrain", help="pretrain a backbone on the source benchmark (cached, or to --out)"))
     pretrain.add_argument("--backbone", help="default: model.backbone of the config (resnet18)")

@@ -180,6 +180,12 @@ class LocalCluster:
     port: int = field(default_factory=free_port)
     nodes: list[Node] = field(default_factory=list)
 
+    dashboard_port: int = 0
+
+    @property
+    def jobs_address(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
     @property
     def address(self) -> str:
         # Ray itself replaces a loopback host by this machine's address (nodes and drivers alike).
@@ -188,6 +194,9 @@ class LocalCluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _RAY_ENV}
         env.update({
+            # This venv's commands first (`camflow`, for the entrypoints of Ray jobs), as in the
+            # image, whatever the PATH of the test run.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
             # A raylet's wait for its runtime-env agent to register; minutes on two busy cores.
@@ -267,11 +276,16 @@ class LocalCluster:
             time.sleep(0.5)
         return False
 
-    def start_head(self, num_cpus: int = 1, timeout: float = 180) -> Node:
+    def start_head(self, num_cpus: int = 1, timeout: float = 180, *,
+                   dashboard: bool = False) -> Node:
+        """The head; with ``dashboard``, its dashboard too, and with it the Jobs API at
+        :attr:`jobs_address`."""
         def args() -> list[str]:
             self.port = free_port()  # a fresh GCS port for every attempt
+            self.dashboard_port = free_port()
             return ["--head", "--port", str(self.port), "--num-cpus", str(num_cpus),
-                    "--include-dashboard=false", "--dashboard-port", str(free_port()),
+                    f"--include-dashboard={str(dashboard).lower()}", "--dashboard-host",
+                    "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                     "--ray-client-server-port", str(free_port())]
 
         return self._start("head", args, timeout)
