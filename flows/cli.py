@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,39 +65,25 @@ def cmd_run(args: argparse.Namespace, *, flow_name: str = "pipeline") -> int:
     return 0
 
 
-# Settings of this shell that a submitted run takes along: where its flow runs are recorded.
-SUBMITTED_ENV = ("PREFECT_API_URL",)
-
-
-def cluster_paths(cfg: RunConfig) -> list[str]:
-    """Problems with the local paths of ``cfg`` as seen from a cluster's job: a relative path
-    would resolve inside the job's temporary working directory there."""
-    paths = {"output": cfg.output, "data.root": cfg.data.root, "model.checkpoint":
-             cfg.model.checkpoint, "model.pretrained": cfg.model.pretrained}
-    return [f"{key}: {value} is a relative path" for key, value in paths.items()
-            if isinstance(value, str) and value and "://" not in value
-            and value not in ("imagenet", "embedded") and not Path(value).is_absolute()]
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cluster.jobs import submit_run
-    from flows.pipeline import new_run_id
+    from cluster.jobs import submit_run, wait_for_job
+    from flows.submit import prepare
 
-    cfg = _config(args)
-    if problems := cluster_paths(cfg):
-        raise UserError(f"{'; '.join(problems)}, but the run is to go on the cluster",
-                        "give absolute paths that the cluster's machines see, or s3:// URIs")
-    run_id = cfg.run_id or new_run_id(cfg.name)
-    env = {key: os.environ[key] for key in SUBMITTED_ENV if os.environ.get(key)}
+    env = {}
     for pair in args.env:
         key, sep, value = pair.partition("=")
         if not sep:
             raise UserError(f"--env {pair!r} is not KEY=VALUE", "e.g. --env CAMFLOW_CACHE=/data")
         env[key] = value
-    config_yaml = dump_config(cfg.model_copy(update={"run_id": run_id}))
+    try:
+        sub = prepare(_config(args), env)
+    except ValueError as err:
+        raise UserError(str(err), "give absolute paths that the cluster's machines see, or "
+                        "s3:// URIs") from err
     try:
         submitted = submit_run(args.address, command="sweep" if args.sweep else "run",
-                               config_yaml=config_yaml, run_id=run_id, name=cfg.name, env=env)
+                               config_yaml=sub.config_yaml, run_id=sub.run_id, name=sub.name,
+                               env=sub.env)
     except ConnectionError as err:
         raise UserError(f"no Ray Jobs API at {args.address or 'the default address'}: {err}",
                         "pass --address http://HEAD:8265 (the head's dashboard port)") from err
@@ -109,8 +94,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"  {command}")
     if not args.wait:
         return 0
-    from cluster.jobs import wait_for_job
-
     outcome = wait_for_job(submitted.address, submitted.submission_id,
                            on_status=lambda status: print(f"job {status}", flush=True))
     print(outcome.logs, end="")

@@ -11,6 +11,7 @@ The run starts from a seeded checkpoint, so no training: generation on the worke
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -74,8 +75,8 @@ def _job_status(c: LocalCluster, job: str) -> str:
     return found.group(1)
 
 
-def _submit_args(output: Path, checkpoint: str, c: LocalCluster) -> list[str]:
-    sets = {
+def _sets(checkpoint: str) -> dict:
+    return {
         "name": "submitted",
         "data.embedded_train": 10, "data.embedded_val": VAL_IMAGES, "data.image_size": 64,
         "model.pretrained": "false", "model.checkpoint": checkpoint,
@@ -85,7 +86,10 @@ def _submit_args(output: Path, checkpoint: str, c: LocalCluster) -> list[str]:
         "postprocess.mask.bg_threshold": 0.5,
         "cluster.workers": 1,
     }
-    args = camflow_command("submit", output, RUN_ID, sets)
+
+
+def _submit_args(output: Path, checkpoint: str, c: LocalCluster) -> list[str]:
+    args = camflow_command("submit", output, RUN_ID, _sets(checkpoint))
     return [*args, "--address", c.jobs_address]
 
 
@@ -145,6 +149,18 @@ def test_submitted_run_outlives_its_shell(cluster, prefect_harness, embedded_che
     assert (run_dir / "metrics.json").is_file()
     assert (run_dir / "report.md").is_file()
 
+    check_seeds(run_dir)
+    # The driver ran on the head (the node without CPUs), not in the shell.
+    head = [n["id"] for n in cluster.alive_nodes() if not n["resources"].get("CPU")]
+    driver = cluster.query(
+        "from ray.job_submission import JobSubmissionClient\n"
+        f"c = JobSubmissionClient({cluster.jobs_address!r})\n"
+        f"print(json.dumps(c.get_job_info({RUN_ID!r}).driver_node_id))")
+    assert [driver] == head
+
+
+def check_seeds(run_dir: Path) -> None:
+    """One seed row per val image and class of its label."""
     from camflow.data.manifest import read_manifest
     from camflow.shards import ShardStore
 
@@ -154,13 +170,45 @@ def test_submitted_run_outlives_its_shell(cluster, prefect_harness, embedded_che
     assert len(pairs) == len(set(pairs)) == sum(len(set(r["labels"]))
                                                  for r in manifest.to_pylist())
 
-    # The driver ran on the head (the node without CPUs), not in the shell.
-    head = [n["id"] for n in cluster.alive_nodes() if not n["resources"].get("CPU")]
-    driver = cluster.query(
-        "from ray.job_submission import JobSubmissionClient\n"
-        f"c = JobSubmissionClient({cluster.jobs_address!r})\n"
-        f"print(json.dumps(c.get_job_info({RUN_ID!r}).driver_node_id))")
-    assert [driver] == head
+
+def test_submit_flow_resubmits_the_run_and_it_resumes(cluster, prefect_harness,
+                                                      embedded_checkpoint, tmp_path_factory):
+    """The scheduled deployments' flow, run as a Prefect worker would (a process of its own,
+    with the cluster's token): the same run again is a second job (``<run id>-2``), which finds
+    every shard committed and redoes none."""
+    from prefect.settings import PREFECT_API_URL
+
+    run_dir = _first_run_dir(tmp_path_factory)
+    markers = sorted((run_dir / "outputs" / "_commits").rglob("*.json"))
+    assert markers
+    before = {m: m.stat().st_mtime_ns for m in markers}
+    overrides = {**_sets(embedded_checkpoint), "output": str(run_dir.parent), "run_id": RUN_ID}
+    script = (
+        "import json, sys, yaml\n"
+        "from flows.config import load_config\n"
+        "from flows.submit import submit\n"
+        "overrides = {k: yaml.safe_load(str(v)) for k, v in json.loads(sys.argv[1]).items()}\n"
+        "result = submit(load_config(None, overrides), address=sys.argv[2], poll_seconds=2)\n"
+        "print(json.dumps(result))\n")
+    env = cluster.driver_env(PREFECT_API_URL=PREFECT_API_URL.value())
+    env.pop("RAY_ADDRESS")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(overrides),
+                           cluster.jobs_address], env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-6000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["submission_id"] == f"{RUN_ID}-2"
+    assert result["status"] == "SUCCEEDED"
+    assert {m: m.stat().st_mtime_ns for m in markers} == before
+    check_seeds(run_dir)
+
+
+def _first_run_dir(factory) -> Path:
+    """The run directory of test_submitted_run_outlives_its_shell (its tmp_path)."""
+    base = factory.getbasetemp()
+    found = sorted(base.glob(f"test_submitted_run_outlives_i*/runs/{RUN_ID}"))
+    assert found, f"no run of the first test under {base}"
+    return found[-1]
 
 
 def test_submit_refuses_relative_paths(tmp_path):

@@ -24,6 +24,7 @@ KUBERAY = INFRA / "kuberay" / "raycluster.yaml"
 RAYJOB = INFRA / "kuberay" / "rayjob.yaml"
 SERVICE_ACCOUNT = INFRA / "kuberay" / "serviceaccount.yaml"
 PREFECT_YAML = INFRA / "prefect.yaml"
+PREFECT_AUTOMATIONS = INFRA / "prefect-automations.yaml"
 COMPOSE = INFRA / "compose.yaml"
 DOCKERFILE = INFRA / "docker" / "Dockerfile"
 DOCKERIGNORE = INFRA / "docker" / "Dockerfile.dockerignore"
@@ -36,7 +37,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 IMAGE_SUFFIX = f"camflow:{VERSION}"
 # Must match the flows' names in flows/pipeline.py.
-FLOW_NAMES = {"flows/pipeline.py:pipeline": "camflow-pipeline", "flows/pipeline.py:sweep": "camflow-sweep"}
+FLOW_NAMES = {"flows/submit.py:submit": "camflow-submit"}
 # The ServiceAccount (serviceaccount.yaml) every KubeRay pod runs as: its identity reads S3.
 SERVICE_ACCOUNT_NAME = "camflow"
 

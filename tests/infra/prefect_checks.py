@@ -116,3 +116,43 @@ def job_variables_problems(raw: dict[str, Any]) -> list[str]:
         variables = (d.get("work_pool") or {}).get("job_variables") or {}
         problems += schema_problems(validator, variables, f"{d.get('name')}: job_variables ")
     return problems
+
+
+HEARTBEAT = "prefect.flow-run.heartbeat"  # what Prefect's flow engine emits (flow_engine.py)
+# The heartbeat interval of the deployments (job variables), and how many a zombie misses.
+HEARTBEAT_SECONDS_KEY = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+
+
+def automation_problems(doc: dict[str, Any], prefect_raw: dict[str, Any] | None = None) -> list[str]:
+    """infra/prefect-automations.yaml: Prefect's own automation model, and a zombie-run trigger
+    that can fire: after the heartbeat events Prefect emits, within more than one interval."""
+    from prefect.events.schemas.automations import AutomationCore
+    from pydantic import ValidationError
+
+    from tests.infra.common import PREFECT_YAML, load_yaml
+
+    prefect_raw = prefect_raw or load_yaml(PREFECT_YAML)
+    intervals = {int(d["work_pool"]["job_variables"]["env"][HEARTBEAT_SECONDS_KEY])
+                 for d in prefect_raw["deployments"]}
+    problems = []
+    for raw in doc.get("automations", []):
+        try:
+            automation = AutomationCore.model_validate(raw)
+        except ValidationError as err:
+            problems.append(f"{raw.get('name')}: {err}")
+            continue
+        trigger = automation.trigger
+        events = set(trigger.after) | set(trigger.expect)
+        states = {"Completed", "Failed", "Cancelled", "Crashed"}
+        known = {HEARTBEAT} | {f"prefect.flow-run.{s}" for s in states}
+        if unknown := events - known:
+            problems.append(f"{automation.name}: no such event {sorted(unknown)}")
+        if trigger.posture != "Proactive":
+            problems.append(f"{automation.name}: a zombie trigger must be Proactive (fires on "
+                            "events that do not come)")
+        if HEARTBEAT not in trigger.expect or HEARTBEAT not in trigger.after:
+            problems.append(f"{automation.name}: must follow a heartbeat and expect the next")
+        if trigger.within.total_seconds() <= 2 * max(intervals):
+            problems.append(f"{automation.name}: within {trigger.within} is under two heartbeat "
+                            f"intervals ({max(intervals)} s): live runs would be crashed")
+    return problems

@@ -12,8 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.infra.common import FLOW_NAMES, ROOT, drop, put, rename
-from tests.infra.prefect_checks import job_variables_problems, prefect_yaml_problems
+from tests.infra.common import FLOW_NAMES, PREFECT_AUTOMATIONS, ROOT, drop, load_yaml, put, rename
+from tests.infra.prefect_checks import (
+    automation_problems,
+    job_variables_problems,
+    prefect_yaml_problems,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,18 @@ def test_prefect_parameters_are_valid_run_configs(prefect_raw, flows_by_entrypoi
         cfg = parse_config(filled["config"], deployment["name"])
         assert cfg.output.startswith("s3://")
         flow = flows_by_entrypoint[deployment["entrypoint"]]
-        assert flow.validate_parameters(filled) == filled
+        validated = flow.validate_parameters(filled)  # the flow's defaults added
+        assert {key: validated[key] for key in filled} == filled
+
+
+def test_deployments_submit_to_the_clusters_jobs_api(prefect_raw):
+    from cluster.jobs import COMMANDS
+
+    commands = {d["name"]: d["parameters"]["command"] for d in prefect_raw["deployments"]}
+    assert commands == {"voc-broadcam-nightly": "run", "voc-broadcam-sweep": "sweep"}
+    assert set(commands.values()) <= set(COMMANDS)
+    for d in prefect_raw["deployments"]:
+        assert re.fullmatch(r"https?://[\w.-]+:8265", d["parameters"]["address"]), d["name"]
 
 
 def test_prefect_pull_steps_change_into_camflow_home(prefect_raw, tmp_path, monkeypatch):
@@ -140,3 +155,24 @@ def test_job_variables_check_catches(prefect_raw, key, value, expect):
     broken = put(prefect_raw, f"deployments.0.work_pool.job_variables.{key}", value)
     problems = job_variables_problems(broken)
     assert problems and all(expect in p for p in problems), problems
+
+
+def test_zombie_run_automation():
+    automations = load_yaml(PREFECT_AUTOMATIONS)
+    assert automation_problems(automations) == []
+    (zombie,) = automations["automations"]
+    assert zombie["actions"][0]["state"] == "CRASHED"
+
+
+@pytest.mark.parametrize("path, value, expect", [
+    ("trigger.after", ["prefect.flow-run.heartbeats"], "no such event"),
+    ("trigger.expect", ["prefect.flow-run.Completed"], "heartbeat"),
+    ("trigger.posture", "Reactive", "Proactive"),
+    ("trigger.within", 60, "heartbeat"),
+    ("actions.0.state", "CRASH", "Input should be"),
+])
+def test_automation_check_catches(path, value, expect):
+    automations = load_yaml(PREFECT_AUTOMATIONS)
+    broken = {"automations": [put(automations["automations"][0], path, value)]}
+    problems = automation_problems(broken)
+    assert problems and any(expect in p for p in problems), problems
