@@ -1,0 +1,109 @@
+"""AffinityNet: a backbone with a light head whose features say which neighbouring pixels belong
+together, trained on the confident labels of the seeds (Ahn & Kwak, CVPR 2018).
+
+The backbone runs at output stride 8 (its last two stages dilated); stages 3 to 5 each go
+through a 1x1 convolution (64, 128, 256 channels, as AffinityNet's), are concatenated and mixed
+by one more 1x1 convolution. The affinity of two pixels is exp(-mean |f_i - f_j|). A pair of
+confident pixels is positive when both have the same label (background pairs and foreground
+pairs counted apart, as the two are unbalanced), negative when their labels differ; pairs with
+an undecided pixel (255) teach nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camflow.models.backbones import make_backbone
+from camflow.postprocess.masks import IGNORE
+from camflow.refine.walk import half_offsets, pair_affinities, shifted
+
+__all__ = ["AFFINITY_STRIDE", "AffinityNet", "AffinityTargets", "affinity_loss",
+           "affinity_targets", "labels_on_grid"]
+
+AFFINITY_STRIDE = 8
+_HEAD_CHANNELS = (64, 128, 256)
+
+
+class AffinityNet(nn.Module):
+    """Pixel features [B, 448, H/8, W/8] for the affinities of a backbone built by name."""
+
+    def __init__(self, backbone: str = "resnet18", *, pretrained: bool | str = False) -> None:
+        super().__init__()
+        built = make_backbone(backbone, output_stride=AFFINITY_STRIDE, pretrained=pretrained)
+        self.stages = nn.ModuleList(built.stages)
+        self.backbone_name = backbone
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, 64, 64)
+            widths = []
+            for i, stage in enumerate(self.stages):
+                probe = stage(probe)
+                if i >= 2:
+                    widths.append(probe.shape[1])
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, out, 1, bias=False), nn.GroupNorm(4, out), nn.ReLU())
+            for c, out in zip(widths, _HEAD_CHANNELS))
+        self.mix = nn.Conv2d(sum(_HEAD_CHANNELS), sum(_HEAD_CHANNELS), 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x, taken = images, []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i >= 2:
+                taken.append(x)
+        size = taken[0].shape[-2:]
+        parts = [head(F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+                      if t.shape[-2:] != size else t) for head, t in zip(self.heads, taken)]
+        return self.mix(torch.cat(parts, dim=1))
+
+    def affinities(self, images: torch.Tensor, radius: int) -> torch.Tensor:
+        """[B, P, h, w]: the affinity of every pixel and its half-window neighbours."""
+        return pair_affinities(self(images), half_offsets(radius))
+
+
+def labels_on_grid(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Confident labels [B, H, W] (uint8, 255 undecided) on the feature grid: nearest pixel."""
+    grid = F.interpolate(labels[:, None].float(), size=size, mode="nearest")
+    return grid[:, 0].to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class AffinityTargets:
+    """Masks [B, P, h, w] of the neighbour pairs of each kind."""
+
+    bg_positive: torch.Tensor
+    fg_positive: torch.Tensor
+    negative: torch.Tensor
+
+
+def affinity_targets(labels: torch.Tensor, radius: int) -> AffinityTargets:
+    """Which pairs (pixel, pixel + half offset) of the grid labels [B, h, w] are what."""
+    labels = labels.long()
+    bg, fg, neg = [], [], []
+    for dy, dx in half_offsets(radius):
+        other, inside = shifted(labels, dy, dx)
+        known = inside & (labels != IGNORE) & (other != IGNORE)
+        same = labels == other
+        bg.append(known & same & (labels == 0))
+        fg.append(known & same & (labels != 0))
+        neg.append(known & ~same)
+    return AffinityTargets(torch.stack(bg, 1), torch.stack(fg, 1), torch.stack(neg, 1))
+
+
+def _mean_where(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    count = mask.sum()
+    return (values * mask).sum() / count.clamp(min=1)
+
+
+def affinity_loss(affinity: torch.Tensor, targets: AffinityTargets) -> torch.Tensor:
+    """AffinityNet's balanced cross-entropy: background pairs 1/4, foreground pairs 1/4,
+    negative pairs 1/2, each averaged over its own pairs."""
+    eps = 1e-5
+    positive = -torch.log(affinity + eps)
+    negative = -torch.log(1.0 + eps - affinity)
+    return (_mean_where(positive, targets.bg_positive) / 4
+            + _mean_where(positive, targets.fg_positive) / 4
+            + _mean_where(negative, targets.negative) / 2)
