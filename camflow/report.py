@@ -230,6 +230,22 @@ def draw_overlays(name: str, stores: Mapping[str, ShardStore], manifest: pa.Tabl
     return png, notes
 
 
+def calibration_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which split the seeds were scored on, and which images chose the pseudo masks'
+    background scores (never the scored ones), per run; nothing for results without either."""
+    lines = []
+    for entry in entries:
+        split, chosen = entry.get("seeds_split"), entry.get("bg_calibration")
+        if split is None:
+            continue
+        run = entry.get("run") or f"p{entry['proportion']:g}"
+        where = (f"chosen on the first {chosen['images']} {chosen['split']} images with masks"
+                 if chosen else "configured (postprocess.mask), not calibrated")
+        lines.append(f"- {run}: seeds, masks and boxes of the {split} split; background scores "
+                     f"{where}.")
+    return ["## Seeds and background scores", "", *lines, ""] if lines else []
+
+
 def write_report(run_dir: str, results: Mapping[str, Mapping[str, Any]],
                  overlays: Mapping[str, bytes], *, title: str = "camflow run",
                  notes: Sequence[str] = ()) -> dict[str, str]:
@@ -248,6 +264,7 @@ def write_report(run_dir: str, results: Mapping[str, Mapping[str, Any]],
              "the sweep, pseudo-mask mIoU at the calibrated (or configured) background score, "
              "MaxBoxAccV2 and PxAP against the benchmark's boxes and masks. With several training "
              "seeds per proportion: mean ± standard deviation over them.", "",
+             *calibration_lines(ordered),
              "## Every run", "", markdown_table(metrics_rows(results)), "",
              "## Time per stage (seconds)", ""]
     stages = sorted({s for entry in ordered for s in entry.get("times", {})})

@@ -139,7 +139,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     with storage.open_uri(metrics_uri) as f:
         results = json.load(f)
     _print_metrics(results)
-    manifest = read_manifest(storage.join(run, "manifests", f"{args.split}.parquet"))
+    splits = {entry.get("seeds_split", "val") for entry in results.values()}
+    split = args.split or (splits.pop() if len(splits) == 1 else "val")
+    manifest = read_manifest(storage.join(run, "manifests", f"{split}.parquet"))
     for key, entry in results.items():
         label = entry.get("run") or f"p{float(key):g}"
         stores = {}
@@ -220,7 +222,7 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_config)
     show = sub.add_parser("show", help="print a run's metrics and write overlay pictures")
     show.add_argument("run", help="a run directory printed by `camflow run`")
-    show.add_argument("--split", default="val")
+    show.add_argument("--split", help="the split whose seeds the run made (default: the run's)")
     show.add_argument("--images", type=int, default=8)
     show.set_defaults(func=cmd_show)
     return top

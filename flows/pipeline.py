@@ -151,6 +151,10 @@ class _RunStages:
         }
         if recam is not None:
             result["train_recam"] = recam["metrics"]
+        result["seeds_split"] = cfg.cams.split
+        # Which images chose the background scores (the same for every generation of the run).
+        result["bg_calibration"] = next((job["calibration"] for job in jobs if job["calibration"]),
+                                        None)
         return label, result, jobs
 
 

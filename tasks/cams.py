@@ -42,17 +42,26 @@ def cam_methods(cams: CamOptions, bls_result: dict[str, Any] | None) -> tuple[Ca
     return tuple(methods)
 
 
+def calibration_split(split: str) -> str:
+    """The split whose masks choose the background score of ``split``'s pseudo masks: never the
+    split being scored (its seeds would pick their own best threshold)."""
+    return "val" if split == "train" else "train"
+
+
 def _calibrate(job: GenerationJob, prepared: dict[str, Any], checkpoint: str,
-               cluster: ClusterOptions) -> dict[str, float]:
-    """Per method, the best background score on the first training images that have masks."""
-    train = read_manifest(prepared["train_manifest"])
+               cluster: ClusterOptions, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per method, the best background score on the first images with masks of the other
+    split; and which images those were."""
+    source = calibration_split(split)
+    manifest = read_manifest(prepared[f"{source}_manifest"])
     # Only the rows used become Python records: a manifest may hold millions.
-    masked = train.filter(pc.not_equal(train["mask_uri"], ""))  # null rows are dropped too
+    masked = manifest.filter(pc.not_equal(manifest["mask_uri"], ""))  # null rows dropped too
     with_masks = masked.slice(0, job.options.mask.calibration_images).to_pylist()
+    chosen_on = {"split": source, "images": len(with_masks)}
     if not with_masks:
-        return {}
+        return {}, chosen_on
     return calibrate_bg_thresholds(job, with_masks, CheckpointModel(checkpoint),
-                                   use_gpu=cluster.use_gpu, cpus=cluster.cpus_per_worker)
+                                   use_gpu=cluster.use_gpu, cpus=cluster.cpus_per_worker), chosen_on
 
 
 # Not cached by inputs: the shard commit log already makes a rerun skip finished shards.
@@ -70,9 +79,12 @@ def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared
                         methods=cam_methods(cams, bls_result), options=options,
                         shard_size=shard_size)
     started = time.monotonic()
+    calibration = None
     if mask.calibrated:
-        job = dataclasses.replace(job, bg_thresholds=_calibrate(job, prepared, checkpoint, cluster))
-        log.info("pseudo-mask background scores: %s", job.bg_thresholds or "none calibrated")
+        thresholds, calibration = _calibrate(job, prepared, checkpoint, cluster, split)
+        job = dataclasses.replace(job, bg_thresholds=thresholds)
+        log.info("pseudo-mask background scores, chosen on %d %s images: %s",
+                 calibration["images"], calibration["split"], thresholds or "none calibrated")
     # The manifest's URI: the driver reads its footer only, the decoders their own rows.
     result = run_generation(job, prepared[f"{split}_manifest"], CheckpointModel(checkpoint),
                             workers=cluster.workers, use_gpu=cluster.use_gpu,
@@ -84,4 +96,5 @@ def generate_cams(cams: CamOptions, mask: MaskOptions, box: BoxOptions, prepared
     log.info("%s: %d shards (%d skipped), %d rejects, %.0f s", job.run_id,
              result.shards_total, result.shards_skipped, result.rejects, seconds)
     return {"metrics": result.metrics, "shards": result.shards_total, "rejects": result.rejects,
-            "outputs": job.output, "run_id": job.run_id, "seconds": seconds}
+            "outputs": job.output, "run_id": job.run_id, "seconds": seconds, "split": split,
+            "calibration": calibration}

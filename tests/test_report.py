@@ -260,3 +260,21 @@ def _no_unscoped(commits):
         assert method is not None, "method names come from a listing, not from the markers"
         return commits(self, method)
     return scoped
+
+
+def test_calibration_lines_name_the_images_that_chose_the_background():
+    from camflow.report import calibration_lines
+    from tasks.cams import calibration_split
+
+    assert calibration_split("train") == "val" and calibration_split("val") == "train"
+    lines = calibration_lines([
+        {"run": "p1", "seeds_split": "train", "bg_calibration": {"split": "val", "images": 12}},
+        {"run": "p0.5", "seeds_split": "val", "bg_calibration": None},
+        {"run": "old"},  # results written before either was recorded
+    ])
+    assert lines == ["## Seeds and background scores", "",
+                     "- p1: seeds, masks and boxes of the train split; background scores chosen "
+                     "on the first 12 val images with masks.",
+                     "- p0.5: seeds, masks and boxes of the val split; background scores "
+                     "configured (postprocess.mask), not calibrated.", ""]
+    assert calibration_lines([{"run": "old"}]) == []

@@ -57,6 +57,11 @@ def test_pipeline_writes_report_metrics_and_outputs(finished_run):
     assert (run_dir / "outputs/seeds/run=p0.5-recam/method=recam").is_dir()
     report = (run_dir / "report.md").read_text()
     assert "broadcam" in report and "Time per stage" in report
+    # Val seeds; their background scores were chosen on training images, never on val ones.
+    assert entry["seeds_split"] == "val"
+    assert entry["bg_calibration"]["split"] == "train" and entry["bg_calibration"]["images"] > 0
+    assert (f"- p0.5: seeds, masks and boxes of the val split; background scores chosen on the "
+            f"first {entry['bg_calibration']['images']} train images with masks.") in report
 
 
 @pytest.mark.slow
