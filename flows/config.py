@@ -28,6 +28,8 @@ from camflow.models import HEADS, OUTPUT_STRIDES
 from camflow.models.pretrained import EMBEDDED
 from camflow.options import BLSOptions, BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
+from camflow.refine import RefineOptions
+from camflow.refine.train import AffinityTraining
 from camflow.train import TrainConfig
 from camflow.train.config import OPTIMIZERS, SCHEDULES
 from cluster.connect import ClusterOptions
@@ -162,6 +164,17 @@ class SweepConfig(Section):
         return value
 
 
+class RefineSection(Section):
+    """Affinity refinement of the training split's seeds (camflow.refine): AffinityNet trained
+    on their confident labels, then a random walk; needs ``cams.split: train``."""
+
+    enabled: bool = False
+    method: str | None = Field(None, description="the method whose seeds are refined "
+                               "(default: broadcam when made, else the first of cams.methods)")
+    options: RefineOptions = RefineOptions()
+    training: AffinityTraining = AffinityTraining()
+
+
 class ScheduleConfig(Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -180,7 +193,28 @@ class RunConfig(Section):
     postprocess: PostprocessConfig = PostprocessConfig()
     cluster: ClusterOptions = ClusterOptions()
     sweep: SweepConfig = SweepConfig()
+    refine: RefineSection = RefineSection()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @model_validator(mode="after")
+    def _refinable(self) -> RunConfig:
+        if not self.refine.enabled:
+            return self
+        if self.cams.split != "train":
+            raise ValueError("refine.enabled needs cams.split: train (the seeds of the images a "
+                             "segmentation model learns from)")
+        if self.refine.method is not None and self.refine.method not in self.cams.methods:
+            raise ValueError(f"refine.method {self.refine.method!r} is not one of cams.methods "
+                             f"{list(self.cams.methods)}")
+        if self.refined_method == "recam":
+            raise ValueError("refine.method: recam's seeds are a run of their own; refine another")
+        return self
+
+    @property
+    def refined_method(self) -> str:
+        """The method whose seeds ``refine`` refines."""
+        methods = [m for m in self.cams.methods if m != "recam"] or list(self.cams.methods)
+        return self.refine.method or ("broadcam" if "broadcam" in methods else methods[0])
 
     @model_validator(mode="before")
     @classmethod

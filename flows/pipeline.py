@@ -25,6 +25,7 @@ from tasks.cams import generate_cams
 from tasks.common import concurrent_runs
 from tasks.data import prepare_data
 from tasks.pretrain import pretrain_backbone
+from tasks.refine import refine_masks
 from tasks.report import write_report
 from tasks.train import train_classifier, train_recam
 
@@ -140,6 +141,11 @@ class _RunStages:
                                       post.box, self.prepared, recam["checkpoint"], None,
                                       proportion, size, self.run_dir, cluster,
                                       label=f"{label}-recam", **generation))
+        refined = None
+        if cfg.refine.enabled and main_cams.methods:
+            refined = refine_masks(cfg.refine.options, cfg.refine.training, cfg.refined_method,
+                                   jobs[0], self.prepared, trained["checkpoint"], self.run_dir,
+                                   cluster, image_size=size, shard_size=cfg.cams.shard_size)
         result = {
             "run": label, "proportion": proportion, "seed": seed,
             "train": trained["metrics"],
@@ -147,8 +153,11 @@ class _RunStages:
             "times": {"prepare_data": self.prepare_seconds, "train": trained["seconds"],
                       "train_recam": recam["seconds"] if recam else 0.0,
                       "fit_bls": fitted["seconds"] if fitted else 0.0,
-                      "generate": sum(job["seconds"] for job in jobs)},
+                      "generate": sum(job["seconds"] for job in jobs),
+                      "refine": refined["seconds"] if refined else 0.0},
         }
+        if refined is not None:
+            result["methods"][refined["method"]].update(refined["metrics"])
         if recam is not None:
             result["train_recam"] = recam["metrics"]
         result["seeds_split"] = cfg.cams.split

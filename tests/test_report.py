@@ -278,3 +278,15 @@ def test_calibration_lines_name_the_images_that_chose_the_background():
                      "- p0.5: seeds, masks and boxes of the val split; background scores "
                      "configured (postprocess.mask), not calibrated.", ""]
     assert calibration_lines([{"run": "old"}]) == []
+
+
+def test_refined_lines_compare_the_refined_masks_with_the_methods_own():
+    from camflow.report import refined_lines
+
+    entries = [{"run": "p1", "methods": {"broadcam": {"mask_mIoU": 0.3, "refined_mask_mIoU": 0.4},
+                                         "cam": {"mask_mIoU": 0.2}}}]
+    lines = refined_lines(entries)
+    assert lines[0] == "## Refined pseudo masks (train split)"
+    table = "\n".join(lines)
+    assert "broadcam" in table and "0.4" in table and "cam |" not in table
+    assert refined_lines([{"run": "p1", "methods": {"cam": {"mask_mIoU": 0.2}}}]) == []

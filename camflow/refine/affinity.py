@@ -47,6 +47,18 @@ class AffinityNet(nn.Module):
             nn.Sequential(nn.Conv2d(c, out, 1, bias=False), nn.GroupNorm(4, out), nn.ReLU())
             for c, out in zip(widths, _HEAD_CHANNELS))
         self.mix = nn.Conv2d(sum(_HEAD_CHANNELS), sum(_HEAD_CHANNELS), 1)
+        self.image_prep = None  # how images become its input, when it comes from a classifier
+
+    @classmethod
+    def from_classifier(cls, classifier: nn.Module) -> AffinityNet:
+        """An AffinityNet whose backbone starts from a trained camflow classifier's stages
+        (``stage1``..``stage5``; dilation changes no weight's shape), its image prep kept."""
+        spec = getattr(classifier, "spec", {}) or {}
+        net = cls(spec.get("name", "resnet18"))
+        for i, stage in enumerate(net.stages):
+            stage.load_state_dict(getattr(classifier, f"stage{i + 1}").state_dict())
+        net.image_prep = getattr(classifier, "image_prep", None)
+        return net
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x, taken = images, []

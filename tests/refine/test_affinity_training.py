@@ -48,3 +48,28 @@ def test_items_must_fit_their_images():
     with pytest.raises(ValueError, match="image 'a'"):
         ConfidentItems([torch.zeros(3, 8, 8)], [torch.zeros(4, 4, dtype=torch.uint8)], ["a"])
     assert len(half_offsets(3)) == 12  # the 5 x 5 window: every dy² + dx² < 9
+
+
+def test_affinity_net_starts_from_a_classifier_and_refines_within_its_classes():
+    import numpy as np
+
+    from camflow.models import build
+    from camflow.outputs import quantize_seed, seed_rows
+    from camflow.refine import RefineOptions
+    from camflow.refine.seeds import confident_labels, refine_masks, seed_maps
+
+    torch.manual_seed(0)
+    classifier = build("resnet18", 5)
+    net = AffinityNet.from_classifier(classifier)
+    assert torch.equal(net.stages[4][0].conv1.weight, classifier.stage5[0].conv1.weight)
+    maps = torch.zeros(2, 32, 32)
+    maps[0, 2:14, 2:14], maps[1, 18:30, 18:30] = 1.0, 0.9
+    q, h, w = quantize_seed(maps, stride=1)
+    rows = seed_rows("im", [3, 1], q, size=(32, 32), stride=1, scales=[1.0])
+    ids, got = seed_maps(rows[::-1], (32, 32))
+    assert ids.tolist() == [1, 3] and torch.allclose(got[1], maps[0], atol=1 / 255)
+    options = RefineOptions(radius=3, steps=16)
+    labels = confident_labels(got, ids, 5, options)
+    assert set(np.unique(labels)) <= {0, 2, 4, 255} and (labels == 4).any()
+    masks = refine_masks(net, torch.randn(1, 3, 32, 32), [got], [ids], options)
+    assert masks[0].shape == (32, 32) and set(np.unique(masks[0])) <= {0, 2, 4}
