@@ -288,5 +288,5 @@ def test_refined_lines_compare_the_refined_masks_with_the_methods_own():
     lines = refined_lines(entries)
     assert lines[0] == "## Refined pseudo masks (train split)"
     table = "\n".join(lines)
-    assert "broadcam" in table and "0.4" in table and "cam |" not in table
+    assert "| p1 | broadcam | 0.300 | 0.400 |" in table and "| cam |" not in table
     assert refined_lines([{"run": "p1", "methods": {"cam": {"mask_mIoU": 0.2}}}]) == []
