@@ -1,4 +1,4 @@
-"""The ``camflow`` command: run, sweep, submit, pretrain, serve, show, config.
+"""The ``camflow`` command: run, sweep, submit, pretrain, predict, serve, show, config.
 
 User mistakes (a bad config key, a missing dataset or run) end in one line and a hint, exit 2;
 anything else is a bug and keeps its traceback.
@@ -180,6 +180,24 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from camflow.segment.checkpoint import load_segmenter
+    from camflow.segment.predict import predict_files
+
+    try:
+        model, _ = load_segmenter(args.checkpoint)
+    except (OSError, ValueError) as err:
+        raise UserError(str(err), "pass a segmentation checkpoint (models/<run>/segmenter"
+                        ".safetensors of a run with segment.enabled)") from err
+    done = predict_files(model, args.images, args.out)
+    for path in done.written:
+        print(path)
+    for image, reason in done.failed:
+        print(f"camflow: error: image {image}: {reason}", file=sys.stderr)
+    # Every good image was written; the exit status says whether all were.
+    return 1 if done.failed else 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(dump_config(_config(args)), end="")
     return 0
@@ -216,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--out", metavar="URI", help="write the weights to this .safetensors "
                           "file or URI (the card beside it) instead of the cache")
     pretrain.set_defaults(func=cmd_pretrain)
+    predict = sub.add_parser("predict", help="segment images with a trained segmentation model")
+    predict.add_argument("checkpoint", help="a segmentation checkpoint (.safetensors)")
+    predict.add_argument("images", nargs="+", help="image files or URIs")
+    predict.add_argument("--out", required=True, help="folder (or URI) for the palette PNGs")
+    predict.set_defaults(func=cmd_predict)
     with_config(sub.add_parser("serve", help="serve deployments with the configured cron schedule")
                 ).set_defaults(func=cmd_serve)
     with_config(sub.add_parser("config", help="print the resolved config")).set_defaults(
