@@ -30,6 +30,8 @@ from camflow.options import BLSOptions, BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
 from camflow.refine import RefineOptions
 from camflow.refine.train import AffinityTraining
+from camflow.segment import SegTraining
+from camflow.segment.model import SEGMENT_STRIDES
 from camflow.train import TrainConfig
 from camflow.train.config import OPTIMIZERS, SCHEDULES
 from cluster.connect import ClusterOptions
@@ -175,6 +177,21 @@ class RefineSection(Section):
     training: AffinityTraining = AffinityTraining()
 
 
+class SegmentSection(Section):
+    """The segmentation model (camflow.segment): DeepLabV3 trained on the training split's
+    pseudo masks of ``refine.method`` (refined when ``refine.enabled``), scored on val masks;
+    needs ``cams.split: train``."""
+
+    enabled: bool = False
+    output_stride: int = 16
+    training: SegTraining = SegTraining()
+
+    @field_validator("output_stride")
+    @classmethod
+    def _stride(cls, value: int) -> int:
+        return _one_of(value, SEGMENT_STRIDES, "segmentation output stride")
+
+
 class ScheduleConfig(Section):
     cron: str = "0 2 * * *"
     timezone: str = "UTC"
@@ -194,14 +211,16 @@ class RunConfig(Section):
     cluster: ClusterOptions = ClusterOptions()
     sweep: SweepConfig = SweepConfig()
     refine: RefineSection = RefineSection()
+    segment: SegmentSection = SegmentSection()
     schedule: ScheduleConfig = ScheduleConfig()
 
     @model_validator(mode="after")
     def _refinable(self) -> RunConfig:
-        if not self.refine.enabled:
+        if not (self.refine.enabled or self.segment.enabled):
             return self
+        stage = "refine" if self.refine.enabled else "segment"
         if self.cams.split != "train":
-            raise ValueError("refine.enabled needs cams.split: train (the seeds of the images a "
+            raise ValueError(f"{stage}.enabled needs cams.split: train (the seeds of the images a "
                              "segmentation model learns from)")
         if self.refine.method is not None and self.refine.method not in self.cams.methods:
             raise ValueError(f"refine.method {self.refine.method!r} is not one of cams.methods "

@@ -27,6 +27,7 @@ from tasks.data import prepare_data
 from tasks.pretrain import pretrain_backbone
 from tasks.refine import refine_masks
 from tasks.report import write_report
+from tasks.segment import segment_model
 from tasks.train import train_classifier, train_recam
 
 
@@ -114,6 +115,27 @@ class _RunStages:
         return train_recam(trained["checkpoint"], self.cfg.train_config(*run, self.pretrained),
                            self.prepared, self.run_dir, self.cfg.cluster, self.label(run))
 
+    def last_mile(self, label: str, trained: dict[str, Any], generated: dict[str, Any] | None
+                  ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """WSSS's last stages on the train split's seeds: affinity refinement, then the
+        segmentation model on the (refined) pseudo masks; each when enabled."""
+        cfg, cluster, size = self.cfg, self.cfg.cluster, self.cfg.data.image_size
+        if generated is None:
+            return None, None
+        refined = segmented = None
+        if cfg.refine.enabled:
+            refined = refine_masks(cfg.refine.options, cfg.refine.training, cfg.refined_method,
+                                   generated, self.prepared, trained["checkpoint"], self.run_dir,
+                                   cluster, image_size=size, shard_size=cfg.cams.shard_size)
+        if cfg.segment.enabled:
+            masks = {"outputs": generated["outputs"], "table": "refined_masks" if refined else
+                     "masks", "run_id": refined["run_id"] if refined else generated["run_id"]}
+            segmented = segment_model(cfg.segment.training, cfg.segment.output_stride,
+                                      cfg.refined_method, masks, self.prepared,
+                                      trained["checkpoint"], self.run_dir, cluster,
+                                      image_size=size, label=label)
+        return refined, segmented
+
     def whole(self, run: tuple[float, int]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
         trained = self.train(run)
         return self.finish(run, trained, self.recam(run, trained))
@@ -141,11 +163,7 @@ class _RunStages:
                                       post.box, self.prepared, recam["checkpoint"], None,
                                       proportion, size, self.run_dir, cluster,
                                       label=f"{label}-recam", **generation))
-        refined = None
-        if cfg.refine.enabled and main_cams.methods:
-            refined = refine_masks(cfg.refine.options, cfg.refine.training, cfg.refined_method,
-                                   jobs[0], self.prepared, trained["checkpoint"], self.run_dir,
-                                   cluster, image_size=size, shard_size=cfg.cams.shard_size)
+        refined, segmented = self.last_mile(label, trained, jobs[0] if jobs else None)
         result = {
             "run": label, "proportion": proportion, "seed": seed,
             "train": trained["metrics"],
@@ -154,10 +172,12 @@ class _RunStages:
                       "train_recam": recam["seconds"] if recam else 0.0,
                       "fit_bls": fitted["seconds"] if fitted else 0.0,
                       "generate": sum(job["seconds"] for job in jobs),
-                      "refine": refined["seconds"] if refined else 0.0},
+                      "refine": refined["seconds"] if refined else 0.0,
+                      "segment": segmented["seconds"] if segmented else 0.0},
         }
-        if refined is not None:
-            result["methods"][refined["method"]].update(refined["metrics"])
+        for stage in (refined, segmented):
+            if stage is not None:
+                result["methods"][stage["method"]].update(stage["metrics"])
         if recam is not None:
             result["train_recam"] = recam["metrics"]
         result["seeds_split"] = cfg.cams.split

@@ -286,7 +286,7 @@ def test_refined_lines_compare_the_refined_masks_with_the_methods_own():
     entries = [{"run": "p1", "methods": {"broadcam": {"mask_mIoU": 0.3, "refined_mask_mIoU": 0.4},
                                          "cam": {"mask_mIoU": 0.2}}}]
     lines = refined_lines(entries)
-    assert lines[0] == "## Refined pseudo masks (train split)"
+    assert lines[0] == "## Pseudo masks of the training split, refined, and the segmentation model"
     table = "\n".join(lines)
     assert "| p1 | broadcam | 0.300 | 0.400 |" in table and "| cam |" not in table
     assert refined_lines([{"run": "p1", "methods": {"cam": {"mask_mIoU": 0.2}}}]) == []

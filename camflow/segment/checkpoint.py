@@ -15,9 +15,9 @@ from torch import nn
 from camflow import storage
 from camflow.data.transforms import ImagePrep
 from camflow.segment.model import build_segmenter
-from camflow.tensorfile import HeaderError, read_header
+from camflow.tensorfile import HeaderError, header_bytes, read_header
 
-__all__ = ["load_segmenter", "save_segmenter"]
+__all__ = ["load_segmenter", "read_segmenter_meta", "save_segmenter"]
 
 _META_KEY = "camflow.segmenter"
 
@@ -59,3 +59,17 @@ def load_segmenter(uri: str, *, storage_options: Mapping[str, Any] | None = None
     if "image_prep" in meta:
         model.image_prep = ImagePrep.from_dict(meta["image_prep"])
     return model.eval(), meta
+
+
+def read_segmenter_meta(uri: str, *, storage_options: Mapping[str, Any] | None = None
+                        ) -> dict[str, Any] | None:
+    """The checkpoint's JSON from its header alone, or None when there is no such checkpoint."""
+    if not storage.exists(uri, storage_options):
+        return None
+    with storage.open_uri(uri, "rb", storage_options) as f:
+        head = header_bytes(f)
+    try:
+        text = (read_header(head).get("__metadata__") or {}).get(_META_KEY)
+    except HeaderError:
+        return None
+    return None if text is None else json.loads(text)

@@ -1,6 +1,7 @@
-"""The pipeline with seeds of the training split and affinity refinement, end to end on a tiny
-embedded benchmark: train seeds scored on train masks, background scores chosen on val images,
-a refined_masks table of every seeded training image, and the report's refined-mask table."""
+"""The pipeline's WSSS last mile end to end on a tiny embedded benchmark: seeds of the training
+split scored on train masks (background scores chosen on val images), a refined_masks table of
+every seeded training image, a segmentation model trained on them and scored on val, the
+report's table, and ``camflow predict`` with that model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from camflow.shards import ShardStore
+from flows.cli import main
 from tests.flows.test_pipeline import TINY
 
 pytestmark = pytest.mark.slow
@@ -23,6 +25,7 @@ REFINED = {
              "split": "train"},
     "refine": {"enabled": True, "options": {"steps": 32},
                "training": {"epochs": 1, "batch_size": 4}},
+    "segment": {"enabled": True, "training": {"epochs": 2, "batch_size": 4}},
 }
 
 
@@ -42,8 +45,15 @@ def test_train_seeds_are_refined_and_reported(tmp_path, prefect_harness, ray_ses
     refined = ShardStore(str(run_dir / "outputs"), "p1-refine").read("refined_masks", "broadcam")
     ids = refined["image_id"].to_pylist()
     assert sorted(ids) == sorted(set(seeds["image_id"].to_pylist())) and len(ids) == 20
+    assert 0 <= broadcam["segment_val_mIoU"] <= 1
+    assert broadcam["segment_trained_on"] == "refined_masks"
+    assert len(broadcam["segment_val_IoU"]) == 11 and entry["times"]["segment"] > 0
+    segmenter = run_dir / "models/p1/segmenter.safetensors"
+    val_image = next((run_dir.parent / "data").rglob("*.jpg"))
+    assert main(["predict", str(segmenter), str(val_image), "--out", str(tmp_path / "pred")]) == 0
+    assert (tmp_path / "pred" / f"{val_image.stem}.png").is_file()
     report = (run_dir / "report.md").read_text()
-    assert "## Refined pseudo masks (train split)" in report
+    assert "## Pseudo masks of the training split, refined, and the segmentation model" in report
     assert "seeds, masks and boxes of the train split; background scores chosen on the first" \
         in report and "val images with masks" in report
 

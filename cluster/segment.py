@@ -1,0 +1,125 @@
+"""The segment stage on Ray: DeepLabV3 trained on the training split's pseudo masks (refined ones
+when the run refines), scored on the val split's true masks, in one Ray task (a GPU when the
+cluster has one). A model already trained for the same job is kept, so a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from camflow import storage
+from camflow.data.manifest import ManifestRows
+from camflow.generate import decode_records
+from camflow.models.checkpoint import load_checkpoint
+from camflow.models.classifier import image_prep_of
+from camflow.postprocess.png import decode_label_png
+from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmenter, score_segmenter
+from camflow.segment.checkpoint import read_segmenter_meta
+from camflow.segment.model import segmenter_from_classifier
+from camflow.shards import ShardStore
+from cluster.connect import actor_options, torch_threads_for, worker_cpus
+
+log = logging.getLogger("camflow.cluster")
+
+__all__ = ["SegmentJob", "train_segmenter"]
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """Train on table ``table`` of run ``run_id`` / ``method`` under ``output``; score on val."""
+
+    output: str
+    run_id: str
+    method: str
+    table: str  # "refined_masks" or "masks"
+    num_classes: int
+    training: SegTraining = SegTraining()
+    output_stride: int = 16
+    image_size: int = 112
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+    def key(self) -> dict[str, Any]:
+        return {"run": self.run_id, "method": self.method, "table": self.table,
+                "output_stride": self.output_stride,
+                "training": dataclasses.asdict(self.training)}
+
+
+def _records(manifest: str, options: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = ManifestRows(manifest, storage_options=options)
+    return rows.read(0, rows.num_rows).to_pylist()
+
+
+def _train_items(job: SegmentJob, manifest: str, prep: Any) -> MaskItems:
+    store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
+    masks = {r["image_id"]: r for r in store.read(job.table, job.method).to_pylist()}
+    images, _ = decode_records(_records(manifest, job.storage_options),
+                               storage_options=job.storage_options)
+    prepared, targets, ids = [], [], []
+    for im in images:
+        if im.image_id not in masks:
+            continue
+        tensor = prep(Image.fromarray(im.pixels))
+        mask = decode_label_png(masks[im.image_id]["mask_png"]["bytes"], name=im.image_id)
+        grid = F.interpolate(torch.from_numpy(mask)[None, None].float(),
+                             size=tuple(tensor.shape[-2:]), mode="nearest")[0, 0]
+        prepared.append(tensor)
+        targets.append(grid.to(torch.uint8))
+        ids.append(im.image_id)
+    return MaskItems(prepared, targets, ids)
+
+
+def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
+                out: str, threads: int, use_gpu: bool) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    torch.manual_seed(job.training.seed)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    model_cls, meta_cls = load_checkpoint(classifier, storage_options=job.storage_options)
+    prep = image_prep_of(model_cls, job.image_size)
+    items = _train_items(job, train_manifest, prep)
+    if not len(items):
+        raise ValueError(f"run {job.run_id}: no {job.table} of {job.method} to train on")
+    model = segmenter_from_classifier(model_cls, job.num_classes + 1,
+                                      output_stride=job.output_stride)
+    model.image_prep = prep
+    started = time.monotonic()
+    history = fit_segmenter(model, items, job.training, device=device)
+    seconds = time.monotonic() - started
+    val, _ = decode_records(_records(val_manifest, job.storage_options),
+                            num_classes=job.num_classes, storage_options=job.storage_options)
+    scored = [im for im in val if im.gt_mask is not None]
+    scores = score_segmenter(
+        model, [prep(Image.fromarray(im.pixels)) for im in scored],
+        [torch.from_numpy(im.gt_mask) for im in scored], [im.image_id for im in scored],
+        device=device) if scored else {"mIoU": float("nan"), "IoU": []}
+    meta = {"key": job.key(), "classes": meta_cls.get("classes"), "history": history,
+            "train_images": len(items), "val_images": len(scored), "seconds": seconds,
+            "val": {"mIoU": scores["mIoU"], "IoU": scores["IoU"]}}
+    save_segmenter(model.cpu(), out, meta, storage_options=job.storage_options)
+    return json.loads(json.dumps(meta, default=float))
+
+
+def train_segmenter(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
+                    out: str, *, use_gpu: bool | None = None, cpus: float | None = None
+                    ) -> dict[str, Any]:
+    """Train, score and save the segmentation model into ``out`` (one Ray task); returns the
+    checkpoint's JSON (val mIoU and per-label IoU among it)."""
+    saved = read_segmenter_meta(out, storage_options=job.storage_options)
+    if saved is not None and saved.get("key") == json.loads(json.dumps(job.key())):
+        log.info("segmentation model %s: already trained for this job", storage.redact(out))
+        return saved
+    cpus = worker_cpus(1, cpus)
+    opts = actor_options(use_gpu=use_gpu, num_cpus=cpus)
+    task = ray.remote(_train_task).options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
+                                           max_retries=2)
+    return ray.get(task.remote(job, train_manifest, val_manifest, classifier, out,
+                               torch_threads_for(cpus), opts["num_gpus"] > 0))
