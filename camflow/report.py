@@ -114,6 +114,16 @@ def metric_curves(results: Mapping[Any, Mapping[str, Any]]
         for key in SUMMARY[1:]:
             curves.setdefault(key, {}).setdefault(row["method"], {})[row["proportion"]] = (
                 row[key], row[f"{key}_std"])
+    # The last mile's figures, for the methods that have them (the refined method).
+    for key in LAST_MILE:
+        found: dict[str, dict[float, list[float]]] = {}
+        for proportion, _, entry in _entries(results):
+            for method, metrics in entry["methods"].items():
+                if key in metrics:
+                    found.setdefault(method, {}).setdefault(proportion, []).append(metrics[key])
+        for method, by in found.items():
+            curves.setdefault(key, {})[method] = {
+                p: (float(np.mean(v)), float(np.std(v))) for p, v in sorted(by.items())}
     return curves
 
 

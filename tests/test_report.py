@@ -290,3 +290,19 @@ def test_refined_lines_compare_the_refined_masks_with_the_methods_own():
     table = "\n".join(lines)
     assert "| p1 | broadcam | 0.300 | 0.400 |" in table and "| cam |" not in table
     assert refined_lines([{"run": "p1", "methods": {"cam": {"mask_mIoU": 0.2}}}]) == []
+
+
+def test_the_sweep_plots_the_segmentation_val_miou_against_proportion():
+    from camflow.report import metric_curves
+
+    def entry(p, seed, seg):
+        m = {"seed_mIoU": 0.3, "seed_best_threshold": 0.5, "mask_mIoU": 0.3, "MaxBoxAccV2": 0.4,
+             "PxAP": 0.3}
+        return {"proportion": p, "seed": seed, "train": {"mAP": 0.9},
+                "methods": {"broadcam": {**m, "segment_val_mIoU": seg}, "cam": m}}
+
+    results = {"a": entry(0.1, 0, 0.2), "b": entry(0.1, 1, 0.4), "c": entry(1.0, 0, 0.5)}
+    curves = metric_curves(results)["segment_val_mIoU"]
+    assert set(curves) == {"broadcam"}
+    assert curves["broadcam"][0.1] == pytest.approx((0.3, 0.1))
+    assert curves["broadcam"][1.0] == pytest.approx((0.5, 0.0))

@@ -123,3 +123,11 @@ def test_allowed_values_come_from_the_registries():
                        ({"postprocess": {"bg_threshold": 0.3}}, "unknown key 'postprocess.bg_threshold'")):
         with pytest.raises(ConfigError, match=match):
             parse_config(bad)
+
+
+def test_the_full_pipeline_config_validates():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "full.yaml")
+    assert cfg.cams.split == "train" and cfg.refine.enabled and cfg.segment.enabled
+    assert cfg.refined_method == "broadcam" and cfg.data.kind == "embedded"
