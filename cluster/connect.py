@@ -173,3 +173,21 @@ def runs_with_room(options: ClusterOptions, runs: int) -> int:
     else:
         room = 1
     return max(1, min(runs, room))
+
+
+def one_task(fn: Any, *args: Any, use_gpu: bool | None = None, cpus: float | None = None,
+             retries: int = 2) -> Any:
+    """``fn(*args, threads, use_gpu)`` as one Ray task with one worker's share of the cluster
+    (a GPU when there is one and ``use_gpu`` allows), retried ``retries`` times; its result."""
+    cpus = worker_cpus(1, cpus)
+    opts = actor_options(use_gpu=use_gpu, num_cpus=cpus)
+    task = ray.remote(fn).options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
+                                  max_retries=retries)
+    return ray.get(task.remote(*args, torch_threads_for(cpus), opts["num_gpus"] > 0))
+
+
+def same_job(saved: dict[str, Any] | None, key: dict[str, Any]) -> bool:
+    """Whether a saved model's recorded job key is ``key`` (compared as JSON)."""
+    import json
+
+    return saved is not None and saved.get("key") == json.loads(json.dumps(key))

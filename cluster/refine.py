@@ -12,14 +12,12 @@ and the driver merges each shard's mask-metric state once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import ray
 import torch
 
 from camflow import storage
@@ -35,7 +33,7 @@ from camflow.refine.shard import REFINED_TABLE, refine_shard
 from camflow.refine.train import AffinityTraining, ConfidentItems, fit_affinity
 from camflow.run_metrics import RunTotals, states_to_bytes
 from camflow.shards import ShardStore
-from cluster.connect import actor_options, torch_threads_for, worker_cpus
+from cluster.connect import actor_options, one_task, same_job, torch_threads_for, worker_cpus
 from cluster.generate import plan_shards
 
 log = logging.getLogger("camflow.cluster")
@@ -131,15 +129,10 @@ def train_affinity_net(job: RefineJob, manifest: str, classifier: str, out: str,
     """Train AffinityNet on the confident labels of every seeded image of ``manifest`` (one Ray
     task) into ``out``; an existing net trained for the same job is kept."""
     saved = read_affinity_meta(out, storage_options=job.storage_options)
-    if saved is not None and saved.get("key") == json.loads(json.dumps(job.key())):
+    if same_job(saved, job.key()):
         log.info("affinity net %s: already trained for this job", storage.redact(out))
         return saved
-    cpus = worker_cpus(1, cpus)
-    opts = actor_options(use_gpu=use_gpu, num_cpus=cpus)
-    task = ray.remote(_train_task).options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
-                                           max_retries=2)
-    return ray.get(task.remote(job, manifest, classifier, out, torch_threads_for(cpus),
-                               opts["num_gpus"] > 0))
+    return one_task(_train_task, job, manifest, classifier, out, use_gpu=use_gpu, cpus=cpus)
 
 
 class RefineWorker:

@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -27,7 +26,7 @@ from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmente
 from camflow.segment.checkpoint import read_segmenter_meta
 from camflow.segment.model import segmenter_from_classifier
 from camflow.shards import ShardStore
-from cluster.connect import actor_options, torch_threads_for, worker_cpus
+from cluster.connect import one_task, same_job
 
 log = logging.getLogger("camflow.cluster")
 
@@ -70,7 +69,7 @@ def _train_items(job: SegmentJob, manifest: str, prep: Any) -> MaskItems:
             continue
         tensor = prep(Image.fromarray(im.pixels))
         mask = decode_label_png(masks[im.image_id]["mask_png"]["bytes"], name=im.image_id)
-        grid = F.interpolate(torch.from_numpy(mask)[None, None].float(),
+        grid = F.interpolate(torch.from_numpy(mask.copy())[None, None].float(),
                              size=tuple(tensor.shape[-2:]), mode="nearest")[0, 0]
         prepared.append(tensor)
         targets.append(grid.to(torch.uint8))
@@ -114,12 +113,7 @@ def train_segmenter(job: SegmentJob, train_manifest: str, val_manifest: str, cla
     """Train, score and save the segmentation model into ``out`` (one Ray task); returns the
     checkpoint's JSON (val mIoU and per-label IoU among it)."""
     saved = read_segmenter_meta(out, storage_options=job.storage_options)
-    if saved is not None and saved.get("key") == json.loads(json.dumps(job.key())):
+    if same_job(saved, job.key()):
         log.info("segmentation model %s: already trained for this job", storage.redact(out))
         return saved
-    cpus = worker_cpus(1, cpus)
-    opts = actor_options(use_gpu=use_gpu, num_cpus=cpus)
-    task = ray.remote(_train_task).options(num_cpus=opts["num_cpus"], num_gpus=opts["num_gpus"],
-                                           max_retries=2)
-    return ray.get(task.remote(job, train_manifest, val_manifest, classifier, out,
-                               torch_threads_for(cpus), opts["num_gpus"] > 0))
+    return one_task(_train_task, job, train_manifest, val_manifest, classifier, out, use_gpu=use_gpu, cpus=cpus)

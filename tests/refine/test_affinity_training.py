@@ -35,7 +35,7 @@ def test_affinity_training_separates_object_from_background():
     images = torch.stack(items.images)
     with torch.no_grad():
         affinity = net.affinities(images, radius)
-    grid = labels_on_grid(torch.stack(items.labels), tuple(affinity.shape[-2:]))
+    grid = labels_on_grid(torch.stack(items.targets), tuple(affinity.shape[-2:]))
     t = affinity_targets(grid, radius)
     same = affinity[t.bg_positive | t.fg_positive].mean()
     across = affinity[t.negative].mean()

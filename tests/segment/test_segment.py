@@ -40,7 +40,7 @@ def test_training_on_a_tiny_dataset_learns_the_squares():
     model = build_segmenter("resnet18", 3, output_stride=16)
     history = fit_segmenter(model, items, SegTraining(epochs=15, batch_size=3, lr=0.01))
     assert history[-1] < 0.5 * history[0], history
-    truths = [torch.where(m == 255, torch.tensor(2, dtype=torch.uint8), m) for m in items.masks]
+    truths = [torch.where(m == 255, torch.tensor(2, dtype=torch.uint8), m) for m in items.targets]
     scores = score_segmenter(model, items.images, truths, items.ids)
     assert scores["IoU"][0] > 0.8 and scores["IoU"][2] > 0.5, scores
 
