@@ -26,7 +26,7 @@ from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmente
 from camflow.segment.checkpoint import read_segmenter_meta
 from camflow.segment.model import segmenter_from_classifier
 from camflow.shards import ShardStore
-from cluster.connect import one_task, same_job
+from cluster.connect import one_task, same_job, torch_threads_for, worker_cpus
 
 log = logging.getLogger("camflow.cluster")
 
@@ -77,11 +77,11 @@ def _train_items(job: SegmentJob, manifest: str, prep: Any) -> MaskItems:
     return MaskItems(prepared, targets, ids)
 
 
-def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
-                out: str, threads: int, use_gpu: bool) -> dict[str, Any]:
-    torch.set_num_threads(threads)
+def _fit_and_save(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
+                  out: str, device: torch.device, *, rank: int = 0, workers: int = 1,
+                  **distributed: Any) -> dict[str, Any] | None:
+    """Train (each rank on its share of the batches), then rank 0 scores on val and saves."""
     torch.manual_seed(job.training.seed)
-    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     model_cls, meta_cls = load_checkpoint(classifier, storage_options=job.storage_options)
     prep = image_prep_of(model_cls, job.image_size)
     items = _train_items(job, train_manifest, prep)
@@ -91,8 +91,10 @@ def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classif
                                       output_stride=job.output_stride)
     model.image_prep = prep
     started = time.monotonic()
-    history = fit_segmenter(model, items, job.training, device=device)
+    history = fit_segmenter(model, items, job.training, device=device, **distributed)
     seconds = time.monotonic() - started
+    if rank != 0:
+        return None
     val, _ = decode_records(_records(val_manifest, job.storage_options),
                             num_classes=job.num_classes, storage_options=job.storage_options)
     scored = [im for im in val if im.gt_mask is not None]
@@ -102,18 +104,75 @@ def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classif
         device=device) if scored else {"mIoU": float("nan"), "IoU": []}
     meta = {"key": job.key(), "classes": meta_cls.get("classes"), "history": history,
             "train_images": len(items), "val_images": len(scored), "seconds": seconds,
+            "workers": workers,
             "val": {"mIoU": scores["mIoU"], "IoU": scores["IoU"]}}
     save_segmenter(model.cpu(), out, meta, storage_options=job.storage_options)
     return json.loads(json.dumps(meta, default=float))
 
 
+def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
+                out: str, threads: int, use_gpu: bool) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    return _fit_and_save(job, train_manifest, val_manifest, classifier, out, device)
+
+
+def _ray_train_worker(loop: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(loop["threads"])
+    context = ray.train.get_context()
+    _fit_and_save(loop["job"], loop["train_manifest"], loop["val_manifest"], loop["classifier"],
+                  loop["out"], ray.train.torch.get_device(), rank=context.get_world_rank(),
+                  workers=context.get_world_size(),
+                  prepare_model=ray.train.torch.prepare_model,
+                  prepare_loader=ray.train.torch.prepare_data_loader)
+
+
+def _train_with_ray_train(job: SegmentJob, train_manifest: str, val_manifest: str,
+                          classifier: str, out: str, *, workers: int, use_gpu: bool | None,
+                          cpus: float | None) -> None:
+    import tempfile
+
+    import ray.train
+    import ray.train.torch
+
+    from cluster.train import MAX_FAILURES
+
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cpus = worker_cpus(workers, cpus)
+    trainer = ray.train.torch.TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"job": job, "train_manifest": train_manifest,
+                           "val_manifest": val_manifest, "classifier": classifier, "out": out,
+                           "threads": torch_threads_for(cpus)},
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(
+            name="camflow-segment", storage_path=tempfile.mkdtemp(prefix="camflow-ray-train-"),
+            # A lost worker restarts the group; the model is saved by rank 0 once trained.
+            failure_config=ray.train.FailureConfig(max_failures=MAX_FAILURES)))
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"segmentation training into {storage.redact(out)} failed"
+                           ) from result.error
+
+
 def train_segmenter(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
-                    out: str, *, use_gpu: bool | None = None, cpus: float | None = None
-                    ) -> dict[str, Any]:
-    """Train, score and save the segmentation model into ``out`` (one Ray task); returns the
-    checkpoint's JSON (val mIoU and per-label IoU among it)."""
+                    out: str, *, workers: int = 1, use_gpu: bool | None = None,
+                    cpus: float | None = None) -> dict[str, Any]:
+    """Train, score and save the segmentation model into ``out``; returns the checkpoint's JSON
+    (val mIoU and per-label IoU among it). One Ray task, or with ``workers`` > 1 Ray Train's
+    DDP over that many workers (rank 0 scores and saves)."""
     saved = read_segmenter_meta(out, storage_options=job.storage_options)
     if same_job(saved, job.key()):
         log.info("segmentation model %s: already trained for this job", storage.redact(out))
         return saved
-    return one_task(_train_task, job, train_manifest, val_manifest, classifier, out, use_gpu=use_gpu, cpus=cpus)
+    if workers > 1:
+        _train_with_ray_train(job, train_manifest, val_manifest, classifier, out,
+                              workers=workers, use_gpu=use_gpu, cpus=cpus)
+        return read_segmenter_meta(out, storage_options=job.storage_options)
+    return one_task(_train_task, job, train_manifest, val_manifest, classifier, out,
+                    use_gpu=use_gpu, cpus=cpus)

@@ -28,8 +28,11 @@ def segment_model(training: SegTraining, output_stride: int, method: str,
                      storage_options=storage.options_for(masks["outputs"]))
     started = time.monotonic()
     out = storage.join(run_dir, "models", label, "segmenter.safetensors")
+    # Ray Train's DDP on a cluster (as the classifier), one Ray task locally.
+    workers = cluster.workers if cluster.distributed else 1
     meta = train_segmenter(job, prepared["train_manifest"], prepared["val_manifest"], checkpoint,
-                           out, use_gpu=cluster.use_gpu, cpus=cluster.cpus_per_worker)
+                           out, workers=workers, use_gpu=cluster.use_gpu,
+                           cpus=cluster.cpus_per_worker)
     log.info("segmentation model (%s %s, %d training images): val mIoU %.3f on %d images",
              method, masks["table"], meta["train_images"], meta["val"]["mIoU"],
              meta["val_images"])

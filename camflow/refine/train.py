@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from camflow.refine.affinity import AffinityNet, affinity_loss, affinity_targets, labels_on_grid
 from camflow.refine.walk import half_offsets, pair_affinities
@@ -34,8 +35,8 @@ def fit_affinity(net: AffinityNet, items: PixelItems, *, radius: int,
                  config: AffinityTraining = AffinityTraining(),
                  device: torch.device | None = None) -> list[float]:
     """Train ``net`` in place; returns the mean loss of every epoch."""
-    def loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        features = net(images)
+    def loss(module: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        features = module(images)
         grid = labels_on_grid(labels, tuple(features.shape[-2:]))
         return affinity_loss(pair_affinities(features, half_offsets(radius)),
                              affinity_targets(grid, radius))

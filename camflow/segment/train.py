@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +35,18 @@ MaskItems = PixelItems  # (image, pseudo mask) pairs
 
 
 def fit_segmenter(model: nn.Module, items: PixelItems, config: SegTraining = SegTraining(),
-                  device: torch.device | None = None) -> list[float]:
-    """Train ``model`` (torchvision's DeepLabV3 interface) in place; mean loss per epoch."""
-    def loss(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(images)["out"], masks.long(), ignore_index=IGNORE)
+                  device: torch.device | None = None, **distributed: Any) -> list[float]:
+    """Train ``model`` (torchvision's DeepLabV3 interface) in place; mean loss per epoch.
+    ``distributed``: ``prepare_model`` / ``prepare_loader`` of ``fit_dense`` (Ray Train's)."""
+    def loss(module: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        # A mean over the labelled pixels that is 0 (not NaN) when a batch has none.
+        total = F.cross_entropy(module(images)["out"], masks.long(), ignore_index=IGNORE,
+                                reduction="sum")
+        return total / (masks != IGNORE).sum().clamp(min=1)
 
     return fit_dense(model, items, config, loss, backbone=model.backbone.parameters(),
-                     head=model.classifier.parameters(), device=device, name="segmentation")
+                     head=model.classifier.parameters(), device=device, name="segmentation",
+                     **distributed)
 
 
 @torch.no_grad()

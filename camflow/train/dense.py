@@ -13,12 +13,11 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-from camflow.postprocess.masks import IGNORE
 
 __all__ = ["DenseTraining", "PixelItems", "fit_dense"]
 
@@ -64,20 +63,30 @@ class PixelItems(Dataset):
         return self.images[index], self.targets[index]
 
 
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _same(x: Any) -> Any:
+    return x
 
 
 def fit_dense(model: nn.Module, items: PixelItems, config: DenseTraining, loss: Loss, *,
               backbone: Iterable[nn.Parameter], head: Iterable[nn.Parameter],
-              device: torch.device | None = None, name: str = "dense") -> list[float]:
-    """Train ``model`` in place: ``loss(images, targets)`` on each batch (on ``device``);
-    returns the mean loss of every epoch. Batches whose targets are all 255 teach nothing and
-    are skipped."""
+              device: torch.device | None = None, name: str = "dense",
+              prepare_model: Callable[[nn.Module], nn.Module] = _same,
+              prepare_loader: Callable[[DataLoader], DataLoader] = _same) -> list[float]:
+    """Train ``model`` in place: ``loss(module, images, targets)`` on each batch (on
+    ``device``), ``module`` being the model as ``prepare_model`` wrapped it (DDP under Ray
+    Train, whose ``prepare_loader`` shards the batches); returns the mean loss of every epoch.
+    Every batch takes a step, even one whose targets are all 255 (the loss must then be 0, not
+    NaN): under DDP a rank that skipped one would leave the others waiting for its gradients."""
     device = device or torch.device("cpu")
     model.to(device).train()
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(items, batch_size=config.batch_size, shuffle=True, generator=generator,
-                        drop_last=len(items) > config.batch_size)
+    loader = prepare_loader(DataLoader(items, batch_size=config.batch_size, shuffle=True,
+                                       generator=generator,
+                                       drop_last=len(items) > config.batch_size))
+    module = prepare_model(model)
     optimizer = torch.optim.SGD(
         [{"params": list(backbone), "lr": config.lr},
          {"params": list(head), "lr": config.lr * config.head_lr_scale}],
@@ -94,9 +103,7 @@ def fit_dense(model: nn.Module, items: PixelItems, config: DenseTraining, loss: 
                 flip = torch.rand(images.shape[0], generator=generator) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
                 targets = torch.where(flip[:, None, None], targets.flip(-1), targets)
-            if (targets == IGNORE).all():
-                continue
-            value = loss(images.to(device), targets.to(device))
+            value = loss(module, images.to(device), targets.to(device))
             optimizer.zero_grad(set_to_none=True)
             value.backward()
             optimizer.step()
