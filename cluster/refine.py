@@ -21,7 +21,7 @@ import pyarrow as pa
 import torch
 
 from camflow import storage
-from camflow.data.manifest import ManifestRows, manifest_rows
+from camflow.data.manifest import ManifestRows, manifest_rows, read_manifest
 from camflow.data.rejects import REJECTS_SCHEMA
 from camflow.lease import LeaseKeeper
 from camflow.models.checkpoint import load_checkpoint
@@ -109,8 +109,8 @@ def _train_task(job: RefineJob, manifest: str, classifier: str, out: str,
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     model, _ = load_checkpoint(classifier, storage_options=job.storage_options)
     prep = image_prep_of(model, job.image_size)
-    records = ManifestRows(manifest, storage_options=job.storage_options)
-    items = _confident_items(job, records.read(0, records.num_rows).to_pylist(), prep)
+    records = read_manifest(manifest, storage_options=job.storage_options).to_pylist()
+    items = _confident_items(job, records, prep)
     if not len(items):
         raise ValueError(f"run {job.run_id}: no seeds of {job.method} to train AffinityNet on")
     net = AffinityNet.from_classifier(model)

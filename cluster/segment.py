@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from camflow import storage
-from camflow.data.manifest import ManifestRows
+from camflow.data.manifest import read_manifest
 from camflow.generate import decode_records
 from camflow.models.checkpoint import load_checkpoint
 from camflow.models.classifier import image_prep_of
@@ -54,8 +54,7 @@ class SegmentJob:
 
 
 def _records(manifest: str, options: dict[str, Any] | None) -> list[dict[str, Any]]:
-    rows = ManifestRows(manifest, storage_options=options)
-    return rows.read(0, rows.num_rows).to_pylist()
+    return read_manifest(manifest, storage_options=options).to_pylist()
 
 
 def _train_items(job: SegmentJob, manifest: str, prep: Any) -> MaskItems:
