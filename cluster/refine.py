@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -25,8 +26,8 @@ from camflow.data.manifest import ManifestRows, manifest_rows, read_manifest
 from camflow.data.rejects import REJECTS_SCHEMA
 from camflow.lease import LeaseKeeper
 from camflow.models.checkpoint import load_checkpoint
-from camflow.models.classifier import image_prep_of
-from camflow.refine import AffinityNet, RefineOptions
+from camflow.models.classifier import dense_prep_of
+from camflow.refine import AffinityNet, RefineOptions, seed_power
 from camflow.refine.checkpoint import load_affinity, read_affinity_meta, save_affinity
 from camflow.refine.seeds import confident_labels, seed_maps
 from camflow.refine.shard import REFINED_TABLE, refine_shard
@@ -59,14 +60,22 @@ class RefineJob:
     options: RefineOptions = RefineOptions()
     training: AffinityTraining = AffinityTraining()
     shard_size: int = 64
-    image_size: int = 112  # for a classifier that records no image preparation of its own
+    image_size: int = 112  # AffinityNet's input: the size the seeds' masks are made at
+    # The background score of the method's pseudo masks (calibrated): puts the seeds on IRN's
+    # scale (``seed_power``); None takes them as they are.
+    seed_bg_threshold: float | None = None
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def key(self) -> dict[str, Any]:
         """What the affinity net depends on: a saved net with another key is trained again."""
         return {"run": self.run_id, "method": self.method,
                 "options": dataclasses.asdict(self.options),
-                "training": dataclasses.asdict(self.training)}
+                "training": dataclasses.asdict(self.training), "image_size": self.image_size,
+                "seed_bg_threshold": self.seed_bg_threshold}
+
+    @property
+    def power(self) -> float:
+        return seed_power(self.seed_bg_threshold, self.options)
 
 
 @dataclass
@@ -94,10 +103,14 @@ def _confident_items(job: RefineJob, records: list[dict[str, Any]], prep: Any) -
         if im.image_id not in seeds:
             continue
         tensor = prep(Image.fromarray(im.pixels))
-        classes, maps = seed_maps(seeds[im.image_id], tuple(tensor.shape[-2:]))
+        size = tuple(tensor.shape[-2:])
+        classes, maps = seed_maps(seeds[im.image_id], size)
+        pixels = im.pixels if im.pixels.shape[:2] == size else np.asarray(
+            Image.fromarray(im.pixels).resize(size[::-1], Image.BILINEAR))
         prepared.append(tensor)
-        labels.append(torch.from_numpy(confident_labels(maps, classes, job.num_classes,
-                                                        job.options, im.image_id)))
+        labels.append(torch.from_numpy(confident_labels(
+            maps, classes, job.num_classes, job.options, im.image_id, power=job.power,
+            image=pixels)))
         ids.append(im.image_id)
     return ConfidentItems(prepared, labels, ids)
 
@@ -108,12 +121,12 @@ def _train_task(job: RefineJob, manifest: str, classifier: str, out: str,
     torch.manual_seed(job.training.seed)
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
     model, _ = load_checkpoint(classifier, storage_options=job.storage_options)
-    prep = image_prep_of(model, job.image_size)
+    prep = dense_prep_of(model, job.image_size)
     records = read_manifest(manifest, storage_options=job.storage_options).to_pylist()
     items = _confident_items(job, records, prep)
     if not len(items):
         raise ValueError(f"run {job.run_id}: no seeds of {job.method} to train AffinityNet on")
-    net = AffinityNet.from_classifier(model)
+    net = AffinityNet.from_classifier(model, stride=job.options.stride)
     net.image_prep = prep
     started = time.monotonic()
     history = fit_affinity(net, items, radius=job.options.radius, config=job.training,
@@ -154,7 +167,8 @@ class RefineWorker:
         ids = [str(r["image_id"]) for r in records]
         seeds = self.seeds.read("seeds", self.job.method, image_ids=ids).to_pylist()
         done = refine_shard(records, seeds, self.net, self.net.image_prep, self.job.num_classes,
-                            self.job.options, storage_options=self.job.storage_options,
+                            self.job.options, power=self.job.power,
+                            storage_options=self.job.storage_options,
                             device=self.device)
         rejects = pa.Table.from_pylist(done.rejects, schema=REJECTS_SCHEMA)
         states = states_to_bytes({self.job.method: {"mask": done.confusion}}, rejects.num_rows)

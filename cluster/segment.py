@@ -20,7 +20,7 @@ from camflow import storage
 from camflow.data.manifest import read_manifest
 from camflow.generate import decode_records
 from camflow.models.checkpoint import load_checkpoint
-from camflow.models.classifier import image_prep_of
+from camflow.models.classifier import dense_prep_of
 from camflow.postprocess.png import decode_label_png
 from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmenter, score_segmenter
 from camflow.segment.checkpoint import read_segmenter_meta
@@ -44,12 +44,12 @@ class SegmentJob:
     num_classes: int
     training: SegTraining = SegTraining()
     output_stride: int = 16
-    image_size: int = 112
+    image_size: int = 112  # the model's input: the size the masks are made at
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
     def key(self) -> dict[str, Any]:
         return {"run": self.run_id, "method": self.method, "table": self.table,
-                "output_stride": self.output_stride,
+                "output_stride": self.output_stride, "image_size": self.image_size,
                 "training": dataclasses.asdict(self.training)}
 
 
@@ -82,7 +82,7 @@ def _fit_and_save(job: SegmentJob, train_manifest: str, val_manifest: str, class
     """Train (each rank on its share of the batches), then rank 0 scores on val and saves."""
     torch.manual_seed(job.training.seed)
     model_cls, meta_cls = load_checkpoint(classifier, storage_options=job.storage_options)
-    prep = image_prep_of(model_cls, job.image_size)
+    prep = dense_prep_of(model_cls, job.image_size)
     items = _train_items(job, train_manifest, prep)
     if not len(items):
         raise ValueError(f"run {job.run_id}: no {job.table} of {job.method} to train on")

@@ -28,6 +28,8 @@ def refine_masks(options: RefineOptions, training: AffinityTraining, method: str
     job = RefineJob(output=generation["outputs"], run_id=generation["run_id"], method=method,
                     num_classes=prepared["num_classes"], options=options, training=training,
                     shard_size=shard_size, image_size=image_size,
+                    seed_bg_threshold=(generation["metrics"].get(method) or {}).get(
+                        "mask_bg_threshold"),
                     storage_options=storage.options_for(generation["outputs"]))
     started = time.monotonic()
     affinity = storage.join(run_dir, "models", generation["run_id"], f"affinity-{method}.safetensors")

@@ -77,6 +77,15 @@ def image_prep_of(model: nn.Module, size: int | tuple[int, int]) -> ImagePrep:
     return prep if isinstance(prep, ImagePrep) else ImagePrep(size)
 
 
+def dense_prep_of(model: nn.Module, size: int | tuple[int, int]) -> ImagePrep:
+    """How a dense model started from ``model`` (AffinityNet, the segmentation model) prepares
+    images: ``model``'s normalisation at ``size``, the size its masks are made at. The
+    classifier's own input size is its pretraining's; a dense model's output grid is a fixed
+    fraction of its input, so it sees the image at the size of the masks it learns from."""
+    prep = image_prep_of(model, size)
+    return ImagePrep(size, mean=prep.mean, std=prep.std)
+
+
 def _check_num_classes(num_classes: Any) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")

@@ -16,7 +16,8 @@ _META_KEY = "camflow.affinity"
 
 def save_affinity(net: AffinityNet, uri: str, meta: Mapping[str, Any] | None = None, *,
                   storage_options: Mapping[str, Any] | None = None) -> None:
-    save_model_file(net, uri, _META_KEY, {**dict(meta or {}), "backbone": net.backbone_name},
+    save_model_file(net, uri, _META_KEY, {**dict(meta or {}), "backbone": net.backbone_name,
+                                        "stride": net.stride},
                     storage_options=storage_options)
 
 
@@ -29,5 +30,7 @@ def read_affinity_meta(uri: str, *, storage_options: Mapping[str, Any] | None = 
 def load_affinity(uri: str, *, storage_options: Mapping[str, Any] | None = None
                   ) -> tuple[AffinityNet, dict[str, Any]]:
     return load_model_file(uri, _META_KEY, "affinity checkpoint",
-                           lambda meta: AffinityNet(meta["backbone"]),
+                           # Files written before the stride was recorded are stride 8.
+                           lambda meta: AffinityNet(meta["backbone"],
+                                                   stride=int(meta.get("stride", 8))),
                            storage_options=storage_options)

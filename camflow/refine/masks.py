@@ -1,16 +1,28 @@
-"""Seeds of an image's own classes, walked on its affinities, back at the image's resolution."""
+"""Seeds of an image's own classes, walked on its affinities, back at the image's resolution.
+
+IRN's thresholds (confident foreground 0.30, background 0.05, background 0.25 after the walk)
+are fractions of a CAM on IRN's scale, the one whose pseudo masks take background at 0.15 (IRN's
+CAM threshold). Another method's seeds have their own background score, chosen by calibration;
+raised to the power that takes that score to 0.15 (``seed_power``), they are on IRN's scale and
+its thresholds apply unchanged. The power keeps every map's order and maximum, so the unrefined
+pseudo masks are the same before and after it.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from camflow.postprocess.masks import BG_THRESHOLD
+from camflow.refine.affinity import AFFINITY_STRIDE, AFFINITY_STRIDES
 from camflow.refine.walk import random_walk, transition
 
-__all__ = ["RefineOptions", "refined_scores"]
+__all__ = ["IRN_CAM_THRESHOLD", "RefineOptions", "refined_scores", "seed_power"]
+
+IRN_CAM_THRESHOLD = 0.15
 
 
 @dataclass(frozen=True)
@@ -19,6 +31,9 @@ class RefineOptions:
 
     fg_threshold: float = 0.30
     bg_threshold: float = 0.05
+    cam_threshold: float = IRN_CAM_THRESHOLD
+    crf: bool = True
+    stride: int = AFFINITY_STRIDE
     radius: int = 5
     beta: float = 8.0
     steps: int = 256
@@ -32,8 +47,23 @@ class RefineOptions:
                                  ("steps", self.steps, 0)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
-        if not 0.0 <= self.mask_bg_threshold <= 1.0:
-            raise ValueError(f"mask_bg_threshold must lie in [0, 1], got {self.mask_bg_threshold}")
+        for name in ("mask_bg_threshold", "cam_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        if self.stride not in AFFINITY_STRIDES:
+            raise ValueError(f"stride must be one of {AFFINITY_STRIDES}, got {self.stride}")
+
+
+def seed_power(seed_bg_threshold: float | None, options: RefineOptions = RefineOptions()
+               ) -> float:
+    """The power that puts seeds whose pseudo masks take background at ``seed_bg_threshold``
+    on IRN's scale (that score becomes ``options.cam_threshold``); 1 when None (seeds taken as
+    they are)."""
+    if seed_bg_threshold is None:
+        return 1.0
+    if not 0.0 < seed_bg_threshold < 1.0:
+        raise ValueError(f"seed background threshold must lie in (0, 1), got {seed_bg_threshold}")
+    return math.log(options.cam_threshold) / math.log(seed_bg_threshold)
 
 
 def refined_scores(seeds: torch.Tensor, affinity: torch.Tensor,

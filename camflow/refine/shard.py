@@ -38,9 +38,10 @@ class RefinedShard:
 
 def refine_shard(records: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[str, Any]],
                  net: AffinityNet, prep: ImagePrep, num_classes: int, options: RefineOptions,
-                 *, storage_options: Mapping[str, Any] | None = None,
+                 *, power: float = 1.0, storage_options: Mapping[str, Any] | None = None,
                  device: torch.device | None = None) -> RefinedShard:
-    """Refined pseudo masks of the shard's images, at each image's own size."""
+    """Refined pseudo masks of the shard's images, at each image's own size; the seeds are
+    raised to ``power`` (``seed_power``) first."""
     device = device or torch.device("cpu")
     images, rejects = decode_records(records, num_classes=num_classes,
                                      storage_options=storage_options)
@@ -62,7 +63,8 @@ def refine_shard(records: Sequence[Mapping[str, Any]], seeds: Sequence[Mapping[s
                             "reason": f"seeds of classes {classes.tolist()}, labels {im.labels}"})
             continue
         batch = prep(Image.fromarray(im.pixels))[None].to(device)
-        (mask,) = refine_masks(net, batch, [maps], [classes], options, [im.image_id])
+        (mask,) = refine_masks(net, batch, [maps], [classes], options, [im.image_id],
+                               power=power)
         if im.gt_mask is not None:
             confusion.update(mask[None], im.gt_mask[None], image_ids=[im.image_id])
         rows.append({"image_id": im.image_id, "height": size[0], "width": size[1],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from camflow.refine import AffinityNet, affinity_targets, half_offsets, labels_on_grid
@@ -24,17 +25,19 @@ def _items(n: int = 4, size: int = 64) -> ConfidentItems:
     return ConfidentItems(images, labels, [f"im{i}" for i in range(n)])
 
 
-def test_affinity_training_separates_object_from_background():
+# Radius in grid cells: each must reach across the 8-pixel undecided band for negative pairs.
+@pytest.mark.parametrize(("stride", "radius"), [(4, 5), (8, 3)])
+def test_affinity_training_separates_object_from_background(stride: int, radius: int):
     torch.manual_seed(0)
     items = _items()
-    net = AffinityNet("resnet18")
-    radius = 3
+    net = AffinityNet("resnet18", stride=stride)
     history = fit_affinity(net, items, radius=radius,
                            config=AffinityTraining(epochs=25, batch_size=4, lr=0.01))
     assert history[-1] < 0.5 * history[0], history
     images = torch.stack(items.images)
     with torch.no_grad():
         affinity = net.affinities(images, radius)
+    assert affinity.shape[-1] == 64 // stride
     grid = labels_on_grid(torch.stack(items.targets), tuple(affinity.shape[-2:]))
     t = affinity_targets(grid, radius)
     same = affinity[t.bg_positive | t.fg_positive].mean()
@@ -43,8 +46,6 @@ def test_affinity_training_separates_object_from_background():
 
 
 def test_items_must_fit_their_images():
-    import pytest
-
     with pytest.raises(ValueError, match="image 'a'"):
         ConfidentItems([torch.zeros(3, 8, 8)], [torch.zeros(4, 4, dtype=torch.uint8)], ["a"])
     assert len(half_offsets(3)) == 12  # the 5 x 5 window: every dy² + dx² < 9
@@ -68,7 +69,7 @@ def test_affinity_net_starts_from_a_classifier_and_refines_within_its_classes():
     rows = seed_rows("im", [3, 1], q, size=(32, 32), stride=1, scales=[1.0])
     ids, got = seed_maps(rows[::-1], (32, 32))
     assert ids.tolist() == [1, 3] and torch.allclose(got[1], maps[0], atol=1 / 255)
-    options = RefineOptions(radius=3, steps=16)
+    options = RefineOptions(radius=3, steps=16, crf=False)
     labels = confident_labels(got, ids, 5, options)
     assert set(np.unique(labels)) <= {0, 2, 4, 255} and (labels == 4).any()
     masks = refine_masks(net, torch.randn(1, 3, 32, 32), [got], [ids], options)
