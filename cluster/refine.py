@@ -34,6 +34,7 @@ from camflow.refine.shard import REFINED_TABLE, refine_shard
 from camflow.refine.train import AffinityTraining, ConfidentItems, fit_affinity
 from camflow.run_metrics import RunTotals, states_to_bytes
 from camflow.shards import ShardStore
+from camflow.train.dense import pixel_items
 from cluster.connect import actor_options, one_task, same_job, torch_threads_for, worker_cpus
 from cluster.generate import plan_shards
 
@@ -88,8 +89,6 @@ class RefineResult:
 
 
 def _confident_items(job: RefineJob, records: list[dict[str, Any]], prep: Any) -> ConfidentItems:
-    from PIL import Image
-
     from camflow.generate import decode_records
 
     store = ShardStore(job.output, job.run_id, storage_options=job.storage_options)
@@ -98,21 +97,15 @@ def _confident_items(job: RefineJob, records: list[dict[str, Any]], prep: Any) -
         seeds.setdefault(row["image_id"], []).append(row)
     images, _ = decode_records(records, num_classes=job.num_classes,
                                storage_options=job.storage_options)
-    prepared, labels, ids = [], [], []
-    for im in images:
-        if im.image_id not in seeds:
-            continue
-        tensor = prep(Image.fromarray(im.pixels))
-        size = tuple(tensor.shape[-2:])
-        classes, maps = seed_maps(seeds[im.image_id], size)
-        pixels = im.pixels if im.pixels.shape[:2] == size else np.asarray(
-            Image.fromarray(im.pixels).resize(size[::-1], Image.BILINEAR))
-        prepared.append(tensor)
-        labels.append(torch.from_numpy(confident_labels(
-            maps, classes, job.num_classes, job.options, im.image_id, power=job.power,
-            image=pixels)))
-        ids.append(im.image_id)
-    return ConfidentItems(prepared, labels, ids)
+
+    def labels(image_id: str, pixels: np.ndarray) -> torch.Tensor | None:
+        if image_id not in seeds:
+            return None
+        classes, maps = seed_maps(seeds[image_id], pixels.shape[:2])
+        return torch.from_numpy(confident_labels(maps, classes, job.num_classes, job.options,
+                                                 image_id, power=job.power, image=pixels))
+
+    return pixel_items(((im.image_id, im.pixels) for im in images), prep, labels)
 
 
 def _train_task(job: RefineJob, manifest: str, classifier: str, out: str,

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -26,6 +27,7 @@ from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmente
 from camflow.segment.checkpoint import read_segmenter_meta
 from camflow.segment.model import segmenter_from_classifier
 from camflow.shards import ShardStore
+from camflow.train.dense import pixel_items
 from cluster.connect import one_task, same_job, torch_threads_for, worker_cpus
 
 log = logging.getLogger("camflow.cluster")
@@ -62,18 +64,16 @@ def _train_items(job: SegmentJob, manifest: str, prep: Any) -> MaskItems:
     masks = {r["image_id"]: r for r in store.read(job.table, job.method).to_pylist()}
     images, _ = decode_records(_records(manifest, job.storage_options),
                                storage_options=job.storage_options)
-    prepared, targets, ids = [], [], []
-    for im in images:
-        if im.image_id not in masks:
-            continue
-        tensor = prep(Image.fromarray(im.pixels))
-        mask = decode_label_png(masks[im.image_id]["mask_png"]["bytes"], name=im.image_id)
-        grid = F.interpolate(torch.from_numpy(mask.copy())[None, None].float(),
-                             size=tuple(tensor.shape[-2:]), mode="nearest")[0, 0]
-        prepared.append(tensor)
-        targets.append(grid.to(torch.uint8))
-        ids.append(im.image_id)
-    return MaskItems(prepared, targets, ids)
+
+    def mask(image_id: str, pixels: np.ndarray) -> torch.Tensor | None:
+        if image_id not in masks:
+            return None
+        decoded = decode_label_png(masks[image_id]["mask_png"]["bytes"], name=image_id)
+        grid = F.interpolate(torch.from_numpy(decoded.copy())[None, None].float(),
+                             size=pixels.shape[:2], mode="nearest")[0, 0]
+        return grid.to(torch.uint8)
+
+    return pixel_items(((im.image_id, im.pixels) for im in images), prep, mask)
 
 
 def _fit_and_save(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,

@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["DenseTraining", "PixelItems", "fit_dense"]
+from camflow.data.transforms import ImagePrep
+
+__all__ = ["DenseTraining", "PixelItems", "fit_dense", "pixel_items"]
 
 log = logging.getLogger("camflow.train")
 
@@ -61,6 +65,29 @@ class PixelItems(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.images[index], self.targets[index]
+
+
+# (image id, the image's pixels at the prepared size) -> its target [h, w], or None to skip it
+Target = Callable[[str, np.ndarray], "torch.Tensor | None"]
+
+
+def pixel_items(images: Iterable[tuple[str, np.ndarray]], prep: ImagePrep,
+                target: Target) -> PixelItems:
+    """Each (image id, uint8 pixels [H, W, 3]) prepared by ``prep``, with the target that
+    ``target`` makes of it at the prepared size; images it gives None are left out."""
+    prepared, targets, ids = [], [], []
+    for image_id, pixels in images:
+        picture = Image.fromarray(pixels)
+        tensor = prep(picture)
+        size = tuple(tensor.shape[-2:])
+        at_size = pixels if pixels.shape[:2] == size else np.asarray(
+            picture.resize(size[::-1], Image.BILINEAR))
+        made = target(image_id, at_size)
+        if made is not None:
+            prepared.append(tensor)
+            targets.append(made)
+            ids.append(image_id)
+    return PixelItems(prepared, targets, ids)
 
 
 Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
