@@ -9,8 +9,8 @@ RUN_DIR is a finished ``camflow run`` with ``cams.split: train`` (configs/full.y
 classifier, BLS, stored train seeds and calibrated background score are used. For each stride an
 AffinityNet is trained, with the refine stage's defaults, on the confident labels of the first
 ``--train-images`` training images (no mask of theirs is read). The scored images are held out
-from that net: with ``--scored train`` (the default, and how the choice was made: the issue's
-rule is that anything tuned is tuned on training images) the next ``--scored-images`` training
+from that net: with ``--scored train`` (the default, and how the choice was made: the val split,
+which the segmentation model is scored on, tunes nothing) the next ``--scored-images`` training
 images, read from their stored seeds; with ``--scored val`` the first val images, whose seeds are
 made as generation makes them. Their seeds are put on IRN's scale, walked on each net's
 affinities and scored against their true masks. Printed: mIoU per stride and steps, with the
