@@ -1,6 +1,7 @@
 """The segment stage on Ray: DeepLabV3 trained on the training split's pseudo masks (refined ones
 when the run refines), scored on the val split's true masks, in one Ray task (a GPU when the
-cluster has one). A model already trained for the same job is kept, so a rerun costs nothing.
+cluster has one). A model already trained for the same job is kept, so a rerun costs nothing; when
+only its inference changed, it is scored again without training.
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from camflow.generate import decode_records
 from camflow.models.checkpoint import load_checkpoint
 from camflow.models.classifier import dense_prep_of
 from camflow.postprocess.png import decode_label_png
-from camflow.segment import MaskItems, SegTraining, fit_segmenter, save_segmenter, score_segmenter
+from camflow.segment import (
+    MaskItems,
+    SegInference,
+    SegTraining,
+    fit_segmenter,
+    load_segmenter,
+    save_segmenter,
+    score_segmenter,
+)
 from camflow.segment.checkpoint import read_segmenter_meta
 from camflow.segment.model import segmenter_from_classifier
 from camflow.shards import ShardStore
@@ -45,6 +54,7 @@ class SegmentJob:
     table: str  # "refined_masks" or "masks"
     num_classes: int
     training: SegTraining = SegTraining()
+    inference: SegInference = SegInference()  # how val is scored; not part of the key
     output_stride: int = 16
     image_size: int = 112  # the model's input: the size the masks are made at
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
@@ -94,19 +104,46 @@ def _fit_and_save(job: SegmentJob, train_manifest: str, val_manifest: str, class
     seconds = time.monotonic() - started
     if rank != 0:
         return None
+    meta = {"key": job.key(), "classes": meta_cls.get("classes"), "history": history,
+            "train_images": len(items), "seconds": seconds, "workers": workers}
+    return _score_and_save(job, model, meta, val_manifest, out, device)
+
+
+def _score_and_save(job: SegmentJob, model: torch.nn.Module, meta: dict[str, Any],
+                    val_manifest: str, out: str, device: torch.device) -> dict[str, Any]:
+    """Score on val with the job's inference, and with one pass beside it (what the inference
+    adds is then in the metrics); save the model with its meta; the meta as JSON."""
+    prep = model.image_prep
     val, _ = decode_records(_records(val_manifest, job.storage_options),
                             num_classes=job.num_classes, storage_options=job.storage_options)
     scored = [im for im in val if im.gt_mask is not None]
-    scores = score_segmenter(
-        model, [prep(Image.fromarray(im.pixels)) for im in scored],
-        [torch.from_numpy(im.gt_mask) for im in scored], [im.image_id for im in scored],
-        device=device) if scored else {"mIoU": float("nan"), "IoU": []}
-    meta = {"key": job.key(), "classes": meta_cls.get("classes"), "history": history,
-            "train_images": len(items), "val_images": len(scored), "seconds": seconds,
-            "workers": workers,
-            "val": {"mIoU": scores["mIoU"], "IoU": scores["IoU"]}}
+    images = [prep(Image.fromarray(im.pixels)) for im in scored]
+    truths = [torch.from_numpy(im.gt_mask) for im in scored]
+    ids = [im.image_id for im in scored]
+
+    def score(inference: SegInference) -> dict[str, Any]:
+        if not scored:
+            return {"mIoU": float("nan"), "IoU": []}
+        got = score_segmenter(model, images, truths, ids, inference=inference, device=device)
+        return {"mIoU": got["mIoU"], "IoU": got["IoU"]}
+
+    one_pass = SegInference.single()
+    val_scores = score(job.inference)
+    meta = {**meta, "val_images": len(scored), "inference": dataclasses.asdict(job.inference),
+            "val": val_scores,
+            "val_one_pass": val_scores if job.inference == one_pass else score(one_pass)}
     save_segmenter(model.cpu(), out, meta, storage_options=job.storage_options)
     return json.loads(json.dumps(meta, default=float))
+
+
+def _rescore_task(job: SegmentJob, val_manifest: str, out: str, threads: int, use_gpu: bool
+                  ) -> dict[str, Any]:
+    """A saved model of this job scored again with the job's inference: no training."""
+    torch.set_num_threads(threads)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    model, meta = load_segmenter(out, storage_options=job.storage_options)
+    meta = {k: v for k, v in meta.items() if k not in ("model", "image_prep")}
+    return _score_and_save(job, model, meta, val_manifest, out, device)
 
 
 def _train_task(job: SegmentJob, train_manifest: str, val_manifest: str, classifier: str,
@@ -168,7 +205,11 @@ def train_segmenter(job: SegmentJob, train_manifest: str, val_manifest: str, cla
     saved = read_segmenter_meta(out, storage_options=job.storage_options)
     if same_job(saved, job.key()):
         log.info("segmentation model %s: already trained for this job", storage.redact(out))
-        return saved
+        if saved.get("inference") == json.loads(json.dumps(dataclasses.asdict(job.inference))):
+            return saved
+        log.info("segmentation model %s: scored again with %s", storage.redact(out),
+                 job.inference)
+        return one_task(_rescore_task, job, val_manifest, out, use_gpu=use_gpu, cpus=cpus)
     if workers > 1:
         _train_with_ray_train(job, train_manifest, val_manifest, classifier, out,
                               workers=workers, use_gpu=use_gpu, cpus=cpus)

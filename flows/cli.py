@@ -181,15 +181,18 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from camflow.segment import SegInference
     from camflow.segment.checkpoint import load_segmenter
     from camflow.segment.predict import predict_files
 
     try:
-        model, _ = load_segmenter(args.checkpoint)
+        model, meta = load_segmenter(args.checkpoint)
     except (OSError, ValueError) as err:
         raise UserError(str(err), "pass a segmentation checkpoint (models/<run>/segmenter"
                         ".safetensors of a run with segment.enabled)") from err
-    done = predict_files(model, args.images, args.out)
+    # The inference the model was scored with (DeepLabV3's, for a checkpoint that names none).
+    inference = SegInference(**meta["inference"]) if "inference" in meta else SegInference()
+    done = predict_files(model, args.images, args.out, inference=inference)
     for path in done.written:
         print(path)
     for image, reason in done.failed:

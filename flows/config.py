@@ -30,7 +30,7 @@ from camflow.options import BLSOptions, BoxOptions, CamOptions, MaskOptions
 from camflow.pretrain import PretrainConfig
 from camflow.refine import RefineOptions
 from camflow.refine.train import AffinityTraining
-from camflow.segment import SegTraining
+from camflow.segment import SegInference, SegTraining
 from camflow.segment.model import SEGMENT_STRIDES
 from camflow.train import TrainConfig
 from camflow.train.config import OPTIMIZERS, SCHEDULES
@@ -185,6 +185,7 @@ class SegmentSection(Section):
     enabled: bool = False
     output_stride: int = 16
     training: SegTraining = SegTraining()
+    inference: SegInference = SegInference()
 
     @field_validator("output_stride")
     @classmethod

@@ -130,10 +130,10 @@ class _RunStages:
         if cfg.segment.enabled:
             masks = {"outputs": generated["outputs"], "table": "refined_masks" if refined else
                      "masks", "run_id": refined["run_id"] if refined else generated["run_id"]}
-            segmented = segment_model(cfg.segment.training, cfg.segment.output_stride,
-                                      cfg.refined_method, masks, self.prepared,
-                                      trained["checkpoint"], self.run_dir, cluster,
-                                      image_size=size, label=label)
+            segmented = segment_model(cfg.segment.training, cfg.segment.inference,
+                                      cfg.segment.output_stride, cfg.refined_method, masks,
+                                      self.prepared, trained["checkpoint"], self.run_dir,
+                                      cluster, image_size=size, label=label)
         return refined, segmented
 
     def whole(self, run: tuple[float, int]) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ from camflow import storage
 from camflow.data.images import BadImageError, load_rgb
 from camflow.data.transforms import ImagePrep
 from camflow.postprocess.png import encode_label_png
-from camflow.segment.train import predict
+from camflow.segment.infer import SegInference, predict
 
 __all__ = ["Predictions", "predict_files"]
 
@@ -41,9 +41,11 @@ def _out_name(uri: str, taken: set[str]) -> str:
 
 
 def predict_files(model: nn.Module, uris: Sequence[str], out_dir: str, *,
-                  image_size: int = 112, storage_options: Mapping[str, Any] | None = None
-                  ) -> Predictions:
-    """``out_dir/<stem>.png`` for each image of ``uris``, at the image's own size."""
+                  image_size: int = 112, inference: SegInference | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> Predictions:
+    """``out_dir/<stem>.png`` for each image of ``uris``, at the image's own size, labelled with
+    ``inference`` (default: DeepLabV3's scales and flips)."""
+    inference = inference or SegInference()
     prep = model.image_prep or ImagePrep(image_size)
     done, taken = Predictions(), set()
     for uri in uris:
@@ -53,7 +55,8 @@ def predict_files(model: nn.Module, uris: Sequence[str], out_dir: str, *,
             done.failed.append((uri, str(exc) or type(exc).__name__))
             continue
         with torch.no_grad():
-            mask = predict(model, prep(image)[None], size=(image.height, image.width))[0]
+            mask = predict(model, prep(image)[None], size=(image.height, image.width),
+                           inference=inference)[0]
         out = storage.join(out_dir, _out_name(uri, taken))
         storage.write_bytes(encode_label_png(mask.numpy(), name=uri), out, storage_options)
         done.written.append(out)

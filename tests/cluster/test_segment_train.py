@@ -1,8 +1,12 @@
 """The segment stage's training under Ray Train: DDP over two CPU workers, rank 0 scores on the
-val masks and saves a loadable model; a second call keeps it."""
+val masks and saves a loadable model; a second call keeps it, and one with another inference
+scores it again without training."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -14,7 +18,7 @@ from camflow.data.voc import read_voc
 from camflow.models import build, save_checkpoint
 from camflow.outputs import MASKS_SCHEMA, png_cell
 from camflow.postprocess.png import encode_label_png
-from camflow.segment import SegTraining, load_segmenter
+from camflow.segment import SegInference, SegTraining, load_segmenter
 from camflow.shards import ShardStore
 from cluster.segment import SegmentJob, train_segmenter
 
@@ -51,3 +55,17 @@ def test_two_ray_train_workers_train_score_and_save(ray_session, tmp_path):
     again = train_segmenter(job, manifests["train"], manifests["val"], ckpt, out, workers=2,
                             cpus=1)
     assert again == meta
+    assert meta["inference"] == {"scales": list(SegInference().scales), "flip": True}
+    assert 0 <= meta["val_one_pass"]["mIoU"] <= 1
+
+    one_pass = dataclasses.replace(job, inference=SegInference.single())
+    rescored = train_segmenter(one_pass, manifests["train"], manifests["val"], ckpt, out,
+                               workers=2, cpus=1)
+    assert rescored["inference"] == {"scales": [1.0], "flip": False}
+    np.testing.assert_equal(rescored["val"], rescored["val_one_pass"])  # NaN: a label not seen
+    assert rescored["val"]["mIoU"] == pytest.approx(meta["val_one_pass"]["mIoU"], abs=1e-3)
+    # Not trained again: the same weights, the same training record.
+    assert rescored["history"] == meta["history"] and rescored["seconds"] == meta["seconds"]
+    reloaded, _ = load_segmenter(out)
+    for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -3,6 +3,7 @@ its checkpoint, and ``camflow predict`` on good and bad inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from camflow.data.transforms import ImagePrep
 from camflow.models import build
 from camflow.postprocess import decode_label_png
 from camflow.segment.checkpoint import load_segmenter, save_segmenter
+from camflow.segment.infer import score_segmenter
 from camflow.segment.model import build_segmenter, segmenter_from_classifier
-from camflow.segment.train import MaskItems, SegTraining, fit_segmenter, score_segmenter
+from camflow.segment.train import MaskItems, SegTraining, fit_segmenter
 
 
 def _squares(n: int = 6, size: int = 48) -> MaskItems:
@@ -88,3 +90,22 @@ def test_camflow_predict_writes_masks_and_names_a_bad_input(tmp_path, capsys):
     assert mask.shape == (40, 60) and mask.max() < 3
     assert main(["predict", str(tmp_path / "none.safetensors"), str(good), "--out",
                  str(out)]) == 2
+
+
+def test_camflow_predict_labels_with_the_checkpoints_inference(tmp_path, capsys):
+    from camflow.segment.infer import SegInference, predict
+    from flows.cli import main
+
+    torch.manual_seed(0)
+    model = build_segmenter("resnet18", 3)
+    model.image_prep = ImagePrep(48)
+    image = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    x = model.image_prep(Image.fromarray(image))[None]
+    for inference in (SegInference.single(), SegInference()):
+        ckpt = str(tmp_path / "seg.safetensors")
+        save_segmenter(model, ckpt, {"inference": dataclasses.asdict(inference)})
+        out = tmp_path / f"masks-{len(inference.scales)}"
+        assert main(["predict", ckpt, str(tmp_path / "a.png"), "--out", str(out)]) == 0
+        got = decode_label_png((out / "a.png").read_bytes())
+        assert np.array_equal(got, predict(model, x, size=(48, 48), inference=inference)[0].numpy())
